@@ -1,0 +1,6 @@
+//! stepgate
+pub mod identity;
+pub mod scope;
+pub mod spiffe;
+pub mod token;
+pub mod workflow;
