@@ -1,6 +1,21 @@
 //! stepgate
+pub mod audit;
+pub mod bus;
+pub mod chain;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod demo;
+pub mod engine;
+pub mod guard;
+pub mod event;
 pub mod identity;
+pub mod plan;
+pub mod policy;
+pub mod review;
 pub mod scope;
+pub mod service;
 pub mod spiffe;
+pub mod store;
 pub mod token;
 pub mod workflow;

@@ -1,0 +1,410 @@
+//! The command line: thin wrappers over the library.
+//!
+//! Exit codes scripts can rely on:
+//! - `0` success;
+//! - `1` the command ran and the answer is "no" (a run that did not
+//!   complete, a token that does not verify, a broken audit chain);
+//! - `2` bad input (a file that does not validate, bad arguments);
+//! - `3` the environment failed (data directory unreadable or locked).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::audit;
+use crate::demo::{self, ReviewMode};
+use crate::engine::RunStatus;
+use crate::plan::preview;
+use crate::policy::{Outcome, PolicySet};
+use crate::service::SIGNING_KEY;
+use crate::spiffe::SpiffeId;
+use crate::store::Store;
+use crate::token::{self, Jwks, KeyPair, VerifyOptions};
+use crate::workflow::Workflow;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Self { code, error: error.into() }
+    }
+}
+
+/// Bad input: exit 2.
+fn input(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::new(2, e)
+}
+
+/// Environment failure: exit 3.
+fn env(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::new(3, e)
+}
+
+/// Negative answer: exit 1.
+fn no(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::new(1, e)
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "stepgate", version, about = "Task-bounded tokens for AI agents: each workflow step gets a short-lived token scoped to its action, decided by Cedar policy, with step-ups reviewed in batches and every decision in a hash-chained log.")]
+/// Top-level arguments.
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a workflow file; exit 0 when valid, 2 when not.
+    Validate {
+        /// Workflow file (YAML or JSON).
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Preview every step's decision and the review batches a run would open.
+    Plan {
+        /// Workflow file.
+        file: PathBuf,
+        /// Cedar policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an example pipeline end to end on the embedded engine.
+    Demo(DemoArgs),
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Step tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Offline audit of a data directory (use a copy while an engine runs).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Example directory holding workflow.yaml, policy.cedar and reviewers.yaml.
+    #[arg(default_value = "examples/release")]
+    example: PathBuf,
+    /// Data directory for the event log and keys.
+    #[arg(long, default_value = "stepgate-data")]
+    data: PathBuf,
+    /// Approve every review batch without asking.
+    #[arg(long, conflicts_with = "deny")]
+    approve: bool,
+    /// Deny every review batch without asking.
+    #[arg(long)]
+    deny: bool,
+    /// Review as this SPIFFE ID (default: the first member of the batch's group).
+    #[arg(long)]
+    reviewer: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print the JWKS that verifies this data directory's tokens.
+    Jwks {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Verify a step token and print its claims; exit 0 valid, 1 invalid.
+    Verify {
+        /// The token, or `-` to read it from stdin (keeps it out of shell history).
+        token: String,
+        /// JWKS file (from `stepgate keys jwks`).
+        #[arg(long)]
+        jwks: PathBuf,
+        /// The audience this resource server answers to.
+        #[arg(long)]
+        aud: String,
+        /// Expected issuer.
+        #[arg(long, default_value = "stepgate")]
+        iss: String,
+        /// Print the claims as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain; exit 1 naming the first bad sequence number.
+    Verify {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what happened, who approved what, which tokens were live.
+    Timeline {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<uuid::Uuid>,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens that were live at a moment, optionally with a scope.
+    Tokens {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// The moment: `YYYY-MM-DDTHH:MM:SSZ` or ms since the epoch; default: every token.
+        #[arg(long)]
+        at: Option<String>,
+        /// Only tokens carrying this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Validate { file, json } => validate(&file, json),
+        Command::Plan { file, policy, json } => plan(&file, &policy, json),
+        Command::Demo(args) => run_demo(args).await,
+        Command::Keys { command: KeysCommand::Jwks { data } } => jwks(&data),
+        Command::Token { command: TokenCommand::Verify { token, jwks, aud, iss, json } } => {
+            verify_token(&token, &jwks, &aud, &iss, json)
+        }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { data, json } => audit_verify(&data, json),
+            AuditCommand::Timeline { data, run, json } => audit_timeline(&data, run, json),
+            AuditCommand::Tokens { data, at, scope, json } => audit_tokens(&data, at.as_deref(), scope.as_deref(), json),
+        },
+    }
+}
+
+fn validate(file: &Path, json: bool) -> Result<(), CliError> {
+    match Workflow::load(file) {
+        Ok(wf) => {
+            if json {
+                let out = json!({"valid": true, "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps().len(), "digest": wf.digest()});
+                println!("{out}");
+            } else {
+                println!("{}: valid — workflow `{}`, {} steps, {}", file.display(), wf.name, wf.steps().len(), wf.digest());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                println!("{}", json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()}));
+            }
+            Err(input(e))
+        }
+    }
+}
+
+fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
+    let wf = Workflow::load(file).map_err(input)?;
+    let policy = PolicySet::load(policy, wf.steps().iter().map(|s| s.action.as_str())).map_err(input)?;
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
+    let (plan, _) = preview(&wf, &policy, "plan", now);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan).map_err(no)?);
+        return Ok(());
+    }
+    println!("plan for `{}` ({}) under {} ({})", plan.workflow, plan.workflow_digest, policy.source(), plan.policy_digest);
+    println!();
+    let width = plan.steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
+    println!("  {:<width$}  {:<8}  {:<8}  {}", "step", "risk", "decision", "policies / reason");
+    for s in &plan.steps {
+        let label = match &s.decision.outcome {
+            Outcome::StepUp { group } => format!("step-up → {group}"),
+            other => other.label().to_string(),
+        };
+        let why = if s.decision.policy_ids.is_empty() { s.decision.reason.clone() } else { s.decision.policy_ids.join(", ") };
+        println!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label);
+    }
+    println!();
+    if plan.batches.is_empty() {
+        println!("review batches: none — no step needs review");
+    }
+    for (i, b) in plan.batches.iter().enumerate() {
+        println!("review batch {}: group `{}` reviews {} together", i + 1, b.group, b.steps.join(" → "));
+    }
+    if plan.denied() > 0 {
+        println!();
+        println!("{} step(s) would be denied; a run would stop there", plan.denied());
+    }
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> Result<(), CliError> {
+    let review = match (args.approve, args.deny) {
+        (true, _) => ReviewMode::Approve,
+        (_, true) => ReviewMode::Deny,
+        _ => ReviewMode::Prompt,
+    };
+    let reviewer = args.reviewer.as_deref().map(SpiffeId::parse).transpose().map_err(|e| input(anyhow::anyhow!("--reviewer: {e}")))?;
+    let opts = demo::Options { example: args.example, data: args.data, review, reviewer };
+    let outcome = demo::run(opts).await.map_err(|e| {
+        let code = if e.downcast_ref::<crate::store::StoreError>().is_some() { 3 } else { 2 };
+        CliError::new(code, e)
+    })?;
+    if outcome.status != RunStatus::Completed {
+        return Err(no(anyhow::anyhow!("run {} did not complete", outcome.run)));
+    }
+    if !outcome.findings.is_empty() {
+        return Err(no(anyhow::anyhow!("the audit found {} problem(s)", outcome.findings.len())));
+    }
+    Ok(())
+}
+
+fn jwks(data: &Path) -> Result<(), CliError> {
+    let store = Store::open(data).map_err(env)?;
+    let secret = store
+        .key(SIGNING_KEY)
+        .map_err(env)?
+        .ok_or_else(|| input(anyhow::anyhow!("{}: no signing key yet; it is created when the engine first starts", data.display())))?;
+    let secret: [u8; 32] = secret.as_slice().try_into().map_err(|_| env(anyhow::anyhow!("{}: the signing key is damaged", data.display())))?;
+    let key = KeyPair::from_secret_bytes(secret);
+    let jwks = Jwks { keys: vec![key.public_jwk()] };
+    println!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?);
+    Ok(())
+}
+
+fn verify_token(token: &str, jwks_path: &Path, aud: &str, iss: &str, json: bool) -> Result<(), CliError> {
+    let token = if token == "-" {
+        let mut s = String::new();
+        std::io::stdin().take(64 * 1024).read_to_string(&mut s).map_err(input)?;
+        s.trim().to_string()
+    } else {
+        token.to_string()
+    };
+    let text = std::fs::read_to_string(jwks_path).map_err(|e| input(anyhow::anyhow!("{}: cannot read: {e}", jwks_path.display())))?;
+    let jwks: Jwks = serde_json::from_str(&text).map_err(|e| input(anyhow::anyhow!("{}: not a JWKS: {e}", jwks_path.display())))?;
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
+    match token::verify(&token, &jwks, &VerifyOptions { issuer: iss, audience: aud, now }) {
+        Ok(claims) => {
+            if json {
+                println!("{}", json!({"valid": true, "claims": claims}));
+            } else {
+                println!("valid step token");
+                println!("{}", serde_json::to_string_pretty(&claims).map_err(no)?);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                println!("{}", json!({"valid": false, "error": e.to_string()}));
+            }
+            Err(no(e))
+        }
+    }
+}
+
+fn audit_verify(data: &Path, json: bool) -> Result<(), CliError> {
+    match audit::verify(data) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"ok": report.findings.is_empty(), "report": report})).map_err(no)?);
+            } else {
+                println!("chain ok: {} events, head {}", report.events, report.head);
+                println!("{} runs, {} batches, {} tokens", report.runs, report.batches, report.tokens);
+                for f in &report.findings {
+                    println!("FINDING: {f}");
+                }
+            }
+            if report.findings.is_empty() {
+                Ok(())
+            } else {
+                Err(no(anyhow::anyhow!("{} finding(s)", report.findings.len())))
+            }
+        }
+        Err(audit::AuditError::Chain(e)) => {
+            if json {
+                println!("{}", json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()}));
+            }
+            Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
+        }
+        Err(e @ audit::AuditError::Store(_)) => Err(env(e)),
+        Err(e) => Err(no(e)),
+    }
+}
+
+fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<(), CliError> {
+    let entries = audit::read_verified(data).map_err(|e| match e {
+        audit::AuditError::Store(_) => env(e),
+        other => no(other),
+    })?;
+    let lines = audit::timeline(&entries, run);
+    if run.is_some() && lines.is_empty() {
+        return Err(input(anyhow::anyhow!("no events for run {}", run.unwrap_or_default())));
+    }
+    for line in &lines {
+        if json {
+            println!("{}", serde_json::to_string(line).map_err(no)?);
+        } else {
+            println!("{}  #{:<5} {}", audit::fmt_time(line.at), line.seq, line.text);
+        }
+    }
+    Ok(())
+}
+
+fn audit_tokens(data: &Path, at: Option<&str>, scope: Option<&str>, json: bool) -> Result<(), CliError> {
+    let entries = audit::read_verified(data).map_err(no)?;
+    let engine = crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
+    let state = engine.state();
+    let tokens: Vec<_> = match at {
+        Some(t) => {
+            let ms = audit::parse_time(t).ok_or_else(|| input(anyhow::anyhow!("--at `{t}`: expected YYYY-MM-DDTHH:MM:SSZ or ms since the epoch")))?;
+            audit::live_tokens(state, ms, scope)
+        }
+        None => state.tokens.values().filter(|t| scope.is_none_or(|s| t.scopes.iter().any(|x| x == s))).collect(),
+    };
+    for t in tokens {
+        if json {
+            println!("{}", serde_json::to_string(t).map_err(no)?);
+        } else {
+            let approval = t.approval.map(|b| format!(" approval {b}")).unwrap_or_default();
+            println!(
+                "{}  {} → {}  run {} step `{}` {} [{}] aud {}{approval}",
+                t.jti,
+                audit::fmt_time(t.iat),
+                audit::fmt_time(t.ended_at()),
+                t.run,
+                t.step,
+                t.sub,
+                t.scopes.join(" "),
+                t.aud
+            );
+        }
+    }
+    Ok(())
+}

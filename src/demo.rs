@@ -1,0 +1,333 @@
+//! Demo: one command that plays a whole pipeline on the embedded default.
+//!
+//! It starts the service on the in-process transport with sled in a data
+//! directory, mints JWT-SVIDs for the requester, each agent and the
+//! reviewer from a local development trust domain (whose key is kept in
+//! the data directory, and whose bundle is the only one the engine
+//! trusts), and then plays each step: the agent asks for its token, a
+//! review batch is shown to the reviewer when policy asks for one, the
+//! token is presented to a small tool that checks it like a resource
+//! server would, the step completes and its token is revoked — and the
+//! same token, replayed after the step, is refused. The run ends with an
+//! offline verification of the audit chain.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use uuid::Uuid;
+
+use crate::audit;
+use crate::bus::{InProcess, Transport as _};
+use crate::client::{AgentClient, Client, ReviewerClient};
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Config, DecisionReply, RunStatus, TokenReply};
+use crate::guard::Guard;
+use crate::identity::DevTrustDomain;
+use crate::policy::PolicySet;
+use crate::review::Reviewers;
+use crate::service::{self, BatchView, Settings};
+use crate::spiffe::SpiffeId;
+use crate::store::Store;
+use crate::workflow::Workflow;
+
+/// Name of the development trust domain key in the store.
+pub const DEV_TRUST_DOMAIN_KEY: &str = "dev-trust-domain";
+
+/// How the demo's reviewer decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewMode {
+    /// Ask on the terminal.
+    Prompt,
+    /// Approve every batch.
+    Approve,
+    /// Deny every batch.
+    Deny,
+}
+
+/// Demo options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Example directory with workflow.yaml, policy.cedar, reviewers.yaml.
+    pub example: PathBuf,
+    /// Data directory.
+    pub data: PathBuf,
+    /// How batches are decided.
+    pub review: ReviewMode,
+    /// Reviewer identity; default the first member of the batch's group.
+    pub reviewer: Option<SpiffeId>,
+}
+
+/// What the demo ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Run id.
+    pub run: Uuid,
+    /// Final run status.
+    pub status: RunStatus,
+    /// Events in the log after the run.
+    pub events: u64,
+    /// Audit findings (empty when clean).
+    pub findings: Vec<String>,
+}
+
+struct Example {
+    workflow: Workflow,
+    workflow_text: String,
+    policy: PolicySet,
+    reviewers: Reviewers,
+}
+
+fn load_example(dir: &Path) -> anyhow::Result<Example> {
+    let wf_path = dir.join("workflow.yaml");
+    let workflow = Workflow::load(&wf_path)?;
+    let workflow_text = std::fs::read_to_string(&wf_path).with_context(|| format!("{}: cannot read", wf_path.display()))?;
+    let policy = PolicySet::load(&dir.join("policy.cedar"), workflow.steps().iter().map(|s| s.action.as_str()))?;
+    let reviewers = Reviewers::load(&dir.join("reviewers.yaml"))?;
+    Ok(Example { workflow, workflow_text, policy, reviewers })
+}
+
+fn dev_trust_domain(store: &Store, name: &str) -> anyhow::Result<DevTrustDomain> {
+    let stored_name = format!("{DEV_TRUST_DOMAIN_KEY}:{name}");
+    if let Some(der) = store.key(&stored_name)? {
+        return Ok(DevTrustDomain::from_pkcs8_der(name, &der)?);
+    }
+    let td = DevTrustDomain::generate(name, &mut rand_core::OsRng)?;
+    store.put_key(&stored_name, &td.to_pkcs8_der())?;
+    Ok(td)
+}
+
+struct Players {
+    td: DevTrustDomain,
+    clock: Arc<dyn Clock>,
+    audience: String,
+}
+
+impl Players {
+    fn svid(&self, id: &SpiffeId) -> anyhow::Result<String> {
+        let now = self.clock.now() / 1000;
+        Ok(self.td.mint_svid(id, &self.audience, now, 300)?)
+    }
+}
+
+/// Runs the demo and prints its timeline to stdout.
+pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
+    let example = load_example(&opts.example)?;
+    let requester = example
+        .reviewers
+        .requester()
+        .cloned()
+        .context("reviewers.yaml names no `requester` to start the demo run")?;
+    let domain = requester.trust_domain().to_string();
+    for step in example.workflow.steps() {
+        if step.agent.trust_domain() != domain {
+            bail!("step `{}`: agent `{}` is outside the demo trust domain `{domain}`", step.id, step.agent);
+        }
+    }
+
+    std::fs::create_dir_all(&opts.data).with_context(|| format!("{}: cannot create data directory", opts.data.display()))?;
+    let store = Store::open(&opts.data)?;
+    let td = dev_trust_domain(&store, &domain)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config = Config::default();
+    let settings = Settings {
+        policy: example.policy.clone(),
+        trust: td.bundle(),
+        reviewers: example.reviewers.clone(),
+        engine: config.clone(),
+        tick: Duration::from_millis(500),
+    };
+    let players = Players { td, clock: clock.clone(), audience: config.svid_audience.clone() };
+    let handle = service::start(store, settings, clock.clone()).await?;
+    let transport = InProcess::new(handle.clone());
+
+    print_header(&example, &opts, handle.kid());
+    let printer = tokio::spawn(print_events(transport.events()));
+    let result = play(&example, &opts, &players, &transport, &requester, &config).await;
+    // Let the printer catch up before the summary.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    printer.abort();
+    handle.shutdown().await;
+    let (run, status) = result?;
+
+    let report = audit::verify(&opts.data)?;
+    println!();
+    println!("audit  chain of {} events verified; head {}", report.events, report.head);
+    if report.findings.is_empty() {
+        println!("audit  every elevated token carries an approval of its own step");
+    }
+    for f in &report.findings {
+        println!("audit  FINDING: {f}");
+    }
+    println!("       replay offline: stepgate audit timeline --data {} --run {run}", opts.data.display());
+    Ok(Outcome { run, status, events: report.events, findings: report.findings })
+}
+
+fn print_header(example: &Example, opts: &Options, kid: &str) {
+    let wf = &example.workflow;
+    println!("stepgate demo — {} ({} steps)", wf.name, wf.steps().len());
+    println!("  workflow  {} {}", opts.example.join("workflow.yaml").display(), wf.digest());
+    println!("  policy    {} {}", example.policy.source(), example.policy.digest());
+    println!("  data      {} (signing key {kid})", opts.data.display());
+    println!();
+}
+
+async fn print_events(mut rx: tokio::sync::broadcast::Receiver<crate::chain::Entry>) {
+    while let Ok(entry) = rx.recv().await {
+        println!("    log #{:<4} {}", entry.seq, audit::describe(&entry.event));
+    }
+}
+
+async fn play(
+    example: &Example,
+    opts: &Options,
+    players: &Players,
+    transport: &InProcess,
+    requester: &SpiffeId,
+    config: &Config,
+) -> anyhow::Result<(Uuid, RunStatus)> {
+    let client = Client::new(transport.clone());
+    let started = client.start_run(&players.svid(requester)?, &example.workflow_text).await?;
+    let run = started.run;
+    println!("run {run} started by {requester}; {} review batch(es) opened", started.batches.len());
+    settle().await;
+
+    let jwks = client.jwks().await?;
+    let total = example.workflow.steps().len();
+    for (index, step) in example.workflow.topo_order().enumerate() {
+        println!();
+        println!("[{}/{total}] step `{}` — {} on {}", index + 1, step.id, step.action, step.resource);
+        println!("      agent   {}", step.agent);
+        println!("      intent  {}", step.intent);
+        let agent = AgentClient::new(transport.clone(), players.svid(&step.agent)?);
+        let scopes = step.scopes.to_strings();
+
+        let first = agent.request_token(run, &step.id, &scopes, Some(&step.intent)).await?;
+        settle().await;
+        let reply = match first {
+            TokenReply::Pending { batch, group } => {
+                println!("      pending review by `{group}` (batch {batch}); the agent waits for the decision");
+                let reviewer_task = review(opts, players, transport, batch, &group, example);
+                let waiting = agent.token(run, &step.id, &scopes, Some(&step.intent), Duration::from_secs(900));
+                let (decided, reply) = tokio::join!(reviewer_task, waiting);
+                decided?;
+                reply?
+            }
+            other => other,
+        };
+        settle().await;
+        match reply {
+            TokenReply::Issued { token, jti, exp, scopes, approval } => {
+                let approval = approval.map(|b| format!(" (approved in batch {b})")).unwrap_or_default();
+                println!("      token   {jti} [{}] until {}{approval}", scopes.join(" "), audit::fmt_time(exp));
+                let guard = Guard { issuer: config.issuer.clone(), audience: step.resource.clone(), jwks: jwks.clone() };
+                let scope = scopes.first().cloned().unwrap_or_default();
+                let now = players.clock.now() / 1000;
+                let status = client.introspect(&token).await?;
+                match guard.check(&token, &scope, now, &status) {
+                    Ok(_) => println!("      tool    accepted the token for `{scope}`; doing the work"),
+                    Err(e) => bail!("step `{}`: the tool refused a fresh token: {e}", step.id),
+                }
+                agent.complete(run, &step.id, &format!("{} done", step.action)).await?;
+                settle().await;
+                let status = client.introspect(&token).await?;
+                match guard.check(&token, &scope, players.clock.now() / 1000, &status) {
+                    Err(e) => println!("      replay  the same token after the step: refused — {e}"),
+                    Ok(_) => bail!("step `{}`: a token was still accepted after its step ended", step.id),
+                }
+            }
+            TokenReply::Denied { reason, .. } => {
+                println!("      denied  {reason}");
+                agent.fail(run, &step.id, &format!("no token: {reason}")).await?;
+                settle().await;
+                break;
+            }
+            TokenReply::Rejected { kind, reason } => {
+                println!("      rejected ({}) {reason}", kind.as_str());
+                agent.fail(run, &step.id, &reason).await?;
+                settle().await;
+                break;
+            }
+            TokenReply::Paused { reason } => {
+                println!("      paused  {reason}");
+                break;
+            }
+            TokenReply::Pending { batch, .. } => bail!("batch {batch} is still pending"),
+        }
+    }
+    let view = client.run(run).await?;
+    println!();
+    println!("run {run} {}", serde_json::to_string(&view.status)?.trim_matches('"'));
+    Ok((run, view.status))
+}
+
+/// Lets the event printer show what the last call committed.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+async fn review(
+    opts: &Options,
+    players: &Players,
+    transport: &InProcess,
+    batch: Uuid,
+    group: &str,
+    example: &Example,
+) -> anyhow::Result<()> {
+    let reviewer_id = match &opts.reviewer {
+        Some(id) => id.clone(),
+        None => example
+            .reviewers
+            .members(group)
+            .into_iter()
+            .next()
+            .cloned()
+            .with_context(|| format!("reviewer group `{group}` has no members"))?,
+    };
+    let reviewer = ReviewerClient::new(transport.clone(), players.svid(&reviewer_id)?);
+    let view = reviewer.batch(batch).await?;
+    show_batch(&view, &reviewer_id);
+    let approve = match opts.review {
+        ReviewMode::Approve => true,
+        ReviewMode::Deny => false,
+        ReviewMode::Prompt => ask(&format!("      approve all {} step(s) as {reviewer_id}? [y/N] ", view.items.len())).await?,
+    };
+    let comment = if approve { "reviewed in the demo" } else { "denied in the demo" };
+    match reviewer.decide(batch, &view.binding, approve, Some(comment)).await? {
+        DecisionReply::Applied { approved, .. } => {
+            println!("      review  batch {} by {reviewer_id}", if approved { "APPROVED" } else { "DENIED" });
+            Ok(())
+        }
+        DecisionReply::Refused { kind, reason } => bail!("the decision was refused ({}): {reason}", kind.as_str()),
+    }
+}
+
+fn show_batch(view: &BatchView, reviewer: &SpiffeId) {
+    println!();
+    println!("      ┌ review batch {} — group `{}`, reviewer {reviewer}", view.batch, view.group);
+    println!("      │ run {} of `{}` requested by {}", view.run, view.workflow, view.requester);
+    for item in &view.items {
+        println!("      │ • {} ({} risk): {} on {}", item.step, item.risk.as_str(), item.action, item.resource);
+        println!("      │     scopes  {}", item.scopes.join(" "));
+        println!("      │     intent  {}", item.intent);
+        println!("      │     policy  {}", item.policy_ids.join(", "));
+    }
+    println!("      └ binding {}", view.binding);
+}
+
+async fn ask(prompt: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("a batch needs a decision but stdin is not a terminal; pass --approve or --deny");
+    }
+    let prompt = prompt.to_string();
+    tokio::task::spawn_blocking(move || {
+        print!("{prompt}");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+    })
+    .await?
+}

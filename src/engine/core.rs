@@ -1,0 +1,948 @@
+//! Engine commands: `(state, command, now) -> events`.
+//!
+//! Each command checks its input against the state, decides, and emits
+//! events; every emitted event is applied at once, so later checks in the
+//! same command see it. The caller (the service) appends the collected
+//! events to the store and flushes before it answers. Nothing here does
+//! I/O or reads a clock: time, ids, keys, the policy and the trust bundle
+//! come in through [`Env`].
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::state::{ApplyError, BatchStatus, RunStatus, State, StepStatus, TokenStatus};
+use crate::event::{Event, Millis, RevokeReason};
+use crate::identity::{verify_svid, IdentityError, TrustBundle};
+use crate::plan::preview;
+use crate::policy::{sha256_text, Facts, Outcome, PolicySet};
+use crate::review::{binding_digest, item_for, Reviewers};
+use crate::scope::ScopeSet;
+use crate::spiffe::SpiffeId;
+use crate::token::{KeyPair, StepClaims, TokenError};
+use crate::workflow::Workflow;
+
+/// Engine settings. Defaults are deliberately short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// `iss` of step tokens. Default `stepgate`.
+    pub issuer: String,
+    /// Audience agents' and reviewers' JWT-SVIDs must carry. Default `stepgate`.
+    pub svid_audience: String,
+    /// Token lifetime when the step's TTL is longer. Default 300 s.
+    pub token_ttl_secs: i64,
+    /// How long a batch waits for a decision. Default 900 s.
+    pub batch_ttl_secs: i64,
+    /// How long an approval may be used to get tokens. Default 900 s.
+    pub approval_ttl_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            issuer: "stepgate".into(),
+            svid_audience: "stepgate".into(),
+            token_ttl_secs: 300,
+            batch_ttl_secs: 900,
+            approval_ttl_secs: 900,
+        }
+    }
+}
+
+/// Signs step tokens. [`KeyPair`] is the implementation; the trait keeps
+/// the core free of key storage.
+pub trait Minter {
+    /// The key id tokens will carry.
+    fn kid(&self) -> &str;
+    /// Signs the claims.
+    fn mint(&self, claims: &StepClaims) -> Result<String, TokenError>;
+}
+
+impl Minter for KeyPair {
+    fn kid(&self) -> &str {
+        KeyPair::kid(self)
+    }
+    fn mint(&self, claims: &StepClaims) -> Result<String, TokenError> {
+        crate::token::mint(self, claims)
+    }
+}
+
+/// Source of fresh ids (run, batch, token).
+pub trait Ids {
+    /// A new id; `now` lets time-ordered ids use the engine clock.
+    fn next_id(&mut self, now: Millis) -> Uuid;
+}
+
+/// UUID v7 ids from the engine clock and the OS random source.
+#[derive(Debug, Default)]
+pub struct V7Ids;
+
+impl Ids for V7Ids {
+    fn next_id(&mut self, now: Millis) -> Uuid {
+        let ms = u64::try_from(now).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+        Uuid::new_v7(ts)
+    }
+}
+
+/// Counting ids for tests: 1, 2, 3... as UUIDs.
+#[derive(Debug, Default)]
+pub struct SeqIds(pub u128);
+
+impl Ids for SeqIds {
+    fn next_id(&mut self, _now: Millis) -> Uuid {
+        self.0 += 1;
+        Uuid::from_u128(self.0)
+    }
+}
+
+/// What a command needs from outside the state.
+#[allow(missing_debug_implementations)]
+pub struct Env<'a> {
+    /// Now, ms since the Unix epoch.
+    pub now: Millis,
+    /// The policy in force.
+    pub policy: &'a PolicySet,
+    /// Trusted identity issuers.
+    pub trust: &'a TrustBundle,
+    /// Reviewer groups.
+    pub reviewers: &'a Reviewers,
+    /// Token signer.
+    pub minter: &'a dyn Minter,
+    /// Id source.
+    pub ids: &'a mut dyn Ids,
+    /// Settings.
+    pub config: &'a Config,
+}
+
+/// A command that changed nothing, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such run.
+    #[error("unknown run {0}")]
+    UnknownRun(Uuid),
+    /// No such step in the run.
+    #[error("run {run}: unknown step `{step}`")]
+    UnknownStep {
+        /// Run id.
+        run: Uuid,
+        /// Step id.
+        step: String,
+    },
+    /// No such batch.
+    #[error("unknown batch {0}")]
+    UnknownBatch(Uuid),
+    /// The caller's identity did not verify.
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request does not fit the run's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The engine's own state is inconsistent; a bug or a damaged log.
+    #[error("inconsistent state: {0}")]
+    Inconsistent(#[from] ApplyError),
+}
+
+/// Why a token request was refused before policy, as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// The JWT-SVID did not verify.
+    BadIdentity,
+    /// The identity is not the step's agent.
+    WrongAgent,
+    /// No scopes were asked for.
+    NoScopes,
+    /// Scopes beyond the step's were asked for.
+    ScopeExcess,
+    /// The stated intent is not the step's.
+    IntentMismatch,
+    /// The step's dependencies are not complete.
+    StepNotReady,
+    /// The step is already completed or failed.
+    StepFinished,
+    /// The step already holds a live token.
+    TokenLive,
+    /// The run is over.
+    RunNotActive,
+    /// The run is paused over its step-up budget.
+    RunPaused,
+}
+
+impl RejectKind {
+    /// Snake-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::BadIdentity => "bad_identity",
+            RejectKind::WrongAgent => "wrong_agent",
+            RejectKind::NoScopes => "no_scopes",
+            RejectKind::ScopeExcess => "scope_excess",
+            RejectKind::IntentMismatch => "intent_mismatch",
+            RejectKind::StepNotReady => "step_not_ready",
+            RejectKind::StepFinished => "step_finished",
+            RejectKind::TokenLive => "token_live",
+            RejectKind::RunNotActive => "run_not_active",
+            RejectKind::RunPaused => "run_paused",
+        }
+    }
+}
+
+/// Why a review decision was refused, as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseKind {
+    /// The reviewer's JWT-SVID did not verify.
+    BadIdentity,
+    /// The reviewer is not in the batch's group.
+    NotInGroup,
+    /// The reviewer started the run.
+    SelfApproval,
+    /// The reviewer is one of the batch's agents.
+    AgentOfBatch,
+    /// The batch was already decided (or closed).
+    AlreadyDecided,
+    /// The batch expired.
+    Expired,
+    /// The decision quotes another binding than the batch's.
+    BindingMismatch,
+    /// The run is over.
+    RunEnded,
+}
+
+impl RefuseKind {
+    /// Snake-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseKind::BadIdentity => "bad_identity",
+            RefuseKind::NotInGroup => "not_in_group",
+            RefuseKind::SelfApproval => "self_approval",
+            RefuseKind::AgentOfBatch => "agent_of_batch",
+            RefuseKind::AlreadyDecided => "already_decided",
+            RefuseKind::Expired => "expired",
+            RefuseKind::BindingMismatch => "binding_mismatch",
+            RefuseKind::RunEnded => "run_ended",
+        }
+    }
+}
+
+/// A new run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStartedReply {
+    /// Run id.
+    pub run: Uuid,
+    /// Batches opened, in order.
+    pub batches: Vec<Uuid>,
+    /// Steps ready now.
+    pub ready: Vec<String>,
+}
+
+/// The answer to a token request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum TokenReply {
+    /// Here is the token.
+    Issued {
+        /// The signed JWT.
+        token: String,
+        /// Its id.
+        jti: Uuid,
+        /// Expiry, ms.
+        exp: Millis,
+        /// Scopes carried.
+        scopes: Vec<String>,
+        /// Approving batch for stepped-up tokens.
+        approval: Option<Uuid>,
+    },
+    /// A reviewer must approve the batch first.
+    Pending {
+        /// The batch.
+        batch: Uuid,
+        /// Its reviewer group.
+        group: String,
+    },
+    /// Policy or review said no.
+    Denied {
+        /// Why.
+        reason: String,
+        /// Policies that decided.
+        policy_ids: Vec<String>,
+    },
+    /// The request was refused before policy.
+    Rejected {
+        /// Why, as data.
+        kind: RejectKind,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The run is paused (over its step-up budget).
+    Paused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The answer to a review decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum DecisionReply {
+    /// The decision was recorded.
+    Applied {
+        /// Batch id.
+        batch: Uuid,
+        /// True for approve.
+        approved: bool,
+        /// Approval expiry, ms.
+        valid_until: Millis,
+    },
+    /// The decision was refused; the batch is unchanged.
+    Refused {
+        /// Why, as data.
+        kind: RefuseKind,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// The answer to a step completion or failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReply {
+    /// Steps that became ready.
+    pub ready: Vec<String>,
+    /// The run's status after.
+    pub run_status: RunStatus,
+    /// Tokens revoked.
+    pub revoked: Vec<Uuid>,
+}
+
+/// A token request from an agent.
+#[derive(Debug, Clone)]
+pub struct TokenRequest<'a> {
+    /// Run id.
+    pub run: Uuid,
+    /// Step id.
+    pub step: &'a str,
+    /// The agent's JWT-SVID.
+    pub svid: &'a str,
+    /// Scopes asked for.
+    pub scopes: &'a ScopeSet,
+    /// The intent the agent states, if any; must be the step's.
+    pub intent: Option<&'a str>,
+}
+
+/// A review decision.
+#[derive(Debug, Clone)]
+pub struct ReviewDecision<'a> {
+    /// Batch id.
+    pub batch: Uuid,
+    /// The reviewer's JWT-SVID.
+    pub svid: &'a str,
+    /// True for approve.
+    pub approve: bool,
+    /// The binding digest the reviewer was shown.
+    pub binding: &'a str,
+    /// Optional words.
+    pub comment: Option<&'a str>,
+}
+
+/// The state machine: state plus the events emitted since the last
+/// [`Engine::take_events`].
+#[derive(Debug, Default)]
+pub struct Engine {
+    state: State,
+    pending: Vec<Event>,
+}
+
+impl Engine {
+    /// An engine with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds an engine from `(at, event)` pairs in log order.
+    pub fn replay<'e>(events: impl IntoIterator<Item = (Millis, &'e Event)>) -> Result<Self, ApplyError> {
+        let mut state = State::default();
+        for (at, event) in events {
+            state.apply(at, event)?;
+        }
+        Ok(Self { state, pending: vec![] })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Takes the events emitted since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Drops emitted events and restores `state`; used when the store
+    /// could not persist them.
+    pub fn reset(&mut self, state: State) {
+        self.state = state;
+        self.pending.clear();
+    }
+
+    fn emit(&mut self, now: Millis, event: Event) -> Result<(), EngineError> {
+        self.state.apply(now, &event)?;
+        self.pending.push(event);
+        Ok(())
+    }
+
+    /// Records a new signing key.
+    pub fn key_created(&mut self, now: Millis, kid: &str) -> Result<(), EngineError> {
+        if self.state.kids.iter().any(|k| k == kid) {
+            return Ok(());
+        }
+        self.emit(now, Event::KeyCreated { kid: kid.to_string() })
+    }
+
+    /// Starts a run of `workflow` for the holder of `svid`, opening the
+    /// review batches the plan calls for.
+    pub fn start_run(&mut self, env: &mut Env<'_>, svid: &str, workflow: &Workflow) -> Result<RunStartedReply, EngineError> {
+        let requester = verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+        let now = env.now;
+        let run = env.ids.next_id(now);
+        let deadline_ms = i64::try_from(workflow.deadline_secs).unwrap_or(i64::MAX / 2_000) * 1000;
+        self.emit(now, Event::RunStarted {
+            run,
+            requester: requester.to_string(),
+            workflow: workflow.name.clone(),
+            workflow_digest: workflow.digest().to_string(),
+            workflow_json: workflow.to_canonical_json(),
+            policy_digest: env.policy.digest().to_string(),
+            deadline: now.saturating_add(deadline_ms),
+            stepup_budget: workflow.stepup_budget,
+        })?;
+
+        let (_, planned) = preview(workflow, env.policy, &run.to_string(), now / 1000);
+        let mut batches = vec![];
+        for planned_batch in planned {
+            let items: Vec<_> = planned_batch
+                .steps
+                .iter()
+                .filter_map(|s| workflow.step(&s.step).map(|step| item_for(step, &s.policy_ids)))
+                .collect();
+            let batch = env.ids.next_id(now);
+            let binding = binding_digest(&batch, &run, &planned_batch.group, &items);
+            let expires_at = now + env.config.batch_ttl_secs * 1000;
+            self.emit(now, Event::BatchOpened { batch, run, group: planned_batch.group, items, binding, expires_at })?;
+            batches.push(batch);
+        }
+
+        let ready: Vec<String> = workflow
+            .topo_order()
+            .filter(|s| s.depends_on.is_empty())
+            .map(|s| s.id.clone())
+            .collect();
+        for step in &ready {
+            self.emit(now, Event::StepReady { run, step: step.clone() })?;
+        }
+        Ok(RunStartedReply { run, batches, ready })
+    }
+
+    /// Answers an agent's request for its step's token.
+    pub fn request_token(&mut self, env: &mut Env<'_>, req: &TokenRequest<'_>) -> Result<TokenReply, EngineError> {
+        let now = env.now;
+        let run = self.state.runs.get(&req.run).ok_or(EngineError::UnknownRun(req.run))?;
+        let workflow = run.workflow.clone();
+        let step = workflow
+            .step(req.step)
+            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+        let svid_digest = sha256_text(req.svid);
+
+        // Identity first: nothing about the run is revealed to a caller
+        // whose identity does not verify.
+        let agent = match verify_svid(req.svid, env.trust, &env.config.svid_audience, now / 1000) {
+            Ok(v) => v.spiffe_id,
+            Err(e) => {
+                return self.reject(now, req, None, &svid_digest, RejectKind::BadIdentity, format!("identity: {e}"));
+            }
+        };
+        if let Some((kind, reason)) = self.precheck(req, &agent, step) {
+            return self.reject(now, req, Some(&agent), &svid_digest, kind, reason);
+        }
+
+        self.emit(now, Event::TokenRequested {
+            run: req.run,
+            step: step.id.clone(),
+            agent: agent.to_string(),
+            scopes: req.scopes.to_strings(),
+            svid_digest,
+        })?;
+        let decision = {
+            let run = self.run(req.run)?;
+            env.policy.decide(&Facts {
+                agent: &agent,
+                action: &step.action,
+                resource: &step.resource,
+                run: &req.run.to_string(),
+                step: &step.id,
+                workflow: &workflow.name,
+                workflow_digest: workflow.digest(),
+                risk: step.risk.as_str(),
+                risk_level: step.risk.level(),
+                intent: &step.intent,
+                scopes: req.scopes,
+                stepups_so_far: run.stepups,
+                now: now / 1000,
+            })
+        };
+        self.emit(now, Event::Decided {
+            run: req.run,
+            step: step.id.clone(),
+            outcome: decision.outcome.clone(),
+            policy_ids: decision.policy_ids.clone(),
+            policy_digest: decision.policy_digest.clone(),
+            errors: decision.errors.clone(),
+            reason: decision.reason.clone(),
+            scopes: req.scopes.to_strings(),
+        })?;
+
+        match decision.outcome {
+            Outcome::Deny => Ok(TokenReply::Denied { reason: decision.reason, policy_ids: decision.policy_ids }),
+            Outcome::Allow => self.issue(env, req, &agent, None, None),
+            Outcome::StepUp { group } => self.step_up(env, req, &agent, &group, &decision.policy_ids),
+        }
+    }
+
+    /// Checks that need no policy: agent, scopes, intent, step and run state.
+    fn precheck(&self, req: &TokenRequest<'_>, agent: &SpiffeId, step: &crate::workflow::Step) -> Option<(RejectKind, String)> {
+        let run = self.state.runs.get(&req.run)?;
+        let state = run.steps.get(&step.id)?;
+        if run.status == RunStatus::Paused {
+            return Some((RejectKind::RunPaused, format!("run {} is paused over its step-up budget", run.id)));
+        }
+        if run.status != RunStatus::Active {
+            let status = serde_json::to_string(&run.status).unwrap_or_default();
+            return Some((RejectKind::RunNotActive, format!("run {} is {}", run.id, status.trim_matches('"'))));
+        }
+        if *agent != step.agent {
+            return Some((RejectKind::WrongAgent, format!("step `{}` is performed by `{}`, not `{agent}`", step.id, step.agent)));
+        }
+        match state.status {
+            StepStatus::Waiting => {
+                return Some((RejectKind::StepNotReady, format!("step `{}` waits for {}", step.id, step.depends_on.join(", "))));
+            }
+            StepStatus::Completed | StepStatus::Failed => {
+                return Some((RejectKind::StepFinished, format!("step `{}` is already finished", step.id)));
+            }
+            StepStatus::Ready => {}
+        }
+        if req.scopes.is_empty() {
+            return Some((RejectKind::NoScopes, "no scopes asked for; name the scopes the action needs".into()));
+        }
+        let excess = req.scopes.excess_over(&step.scopes);
+        if !excess.is_empty() {
+            let names: Vec<String> = excess.iter().map(|s| format!("`{s}`")).collect();
+            return Some((
+                RejectKind::ScopeExcess,
+                format!("step `{}` does not declare {}; nothing was issued", step.id, names.join(", ")),
+            ));
+        }
+        if req.intent.is_some_and(|i| i.trim() != step.intent) {
+            return Some((RejectKind::IntentMismatch, format!("the stated intent is not the intent declared for step `{}`", step.id)));
+        }
+        if let Some(jti) = state.live_token {
+            if self.state.tokens.get(&jti).is_some_and(|t| t.status == TokenStatus::Live) {
+                return Some((RejectKind::TokenLive, format!("step `{}` already holds live token {jti}", step.id)));
+            }
+        }
+        None
+    }
+
+    fn reject(
+        &mut self,
+        now: Millis,
+        req: &TokenRequest<'_>,
+        agent: Option<&SpiffeId>,
+        svid_digest: &str,
+        kind: RejectKind,
+        reason: String,
+    ) -> Result<TokenReply, EngineError> {
+        self.emit(now, Event::RequestRejected {
+            run: req.run,
+            step: req.step.to_string(),
+            agent: agent.map(ToString::to_string),
+            svid_digest: svid_digest.to_string(),
+            kind: kind.as_str().to_string(),
+            reason: reason.clone(),
+        })?;
+        Ok(TokenReply::Rejected { kind, reason })
+    }
+
+    fn step_up(
+        &mut self,
+        env: &mut Env<'_>,
+        req: &TokenRequest<'_>,
+        agent: &SpiffeId,
+        group: &str,
+        policy_ids: &[String],
+    ) -> Result<TokenReply, EngineError> {
+        let now = env.now;
+        let run = self.run(req.run)?;
+        if run.stepups > run.budget || run.status == RunStatus::Paused {
+            let reason = format!("run made {} step-ups; its budget is {}", run.stepups, run.budget);
+            if run.status != RunStatus::Paused {
+                self.emit(now, Event::RunPaused { run: req.run, reason: reason.clone() })?;
+            }
+            return Ok(TokenReply::Paused { reason });
+        }
+        let batch_id = match run.steps.get(req.step).and_then(|s| s.batch) {
+            Some(id) => id,
+            None => self.open_single_batch(env, req, group, policy_ids)?,
+        };
+        let batch = self.state.batches.get(&batch_id).ok_or(EngineError::UnknownBatch(batch_id))?.clone();
+        match batch.status {
+            BatchStatus::Pending => Ok(TokenReply::Pending { batch: batch_id, group: batch.group }),
+            BatchStatus::Approved { valid_until, .. } if valid_until > now => {
+                self.issue(env, req, agent, Some(batch_id), Some(valid_until))
+            }
+            BatchStatus::Approved { .. } => Ok(TokenReply::Denied {
+                reason: format!("the approval of batch {batch_id} has lapsed"),
+                policy_ids: policy_ids.to_vec(),
+            }),
+            BatchStatus::Denied { by } => Ok(TokenReply::Denied {
+                reason: format!("batch {batch_id} was denied by {by}"),
+                policy_ids: policy_ids.to_vec(),
+            }),
+            BatchStatus::Expired | BatchStatus::Withdrawn => Ok(TokenReply::Denied {
+                reason: format!("batch {batch_id} closed undecided"),
+                policy_ids: policy_ids.to_vec(),
+            }),
+        }
+    }
+
+    /// A step-up the plan did not foresee (the policy changed its mind at
+    /// run time) gets a batch of its own.
+    fn open_single_batch(
+        &mut self,
+        env: &mut Env<'_>,
+        req: &TokenRequest<'_>,
+        group: &str,
+        policy_ids: &[String],
+    ) -> Result<Uuid, EngineError> {
+        let now = env.now;
+        let workflow = self.run(req.run)?.workflow.clone();
+        let step = workflow
+            .step(req.step)
+            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+        let batch = env.ids.next_id(now);
+        let items = vec![item_for(step, policy_ids)];
+        let binding = binding_digest(&batch, &req.run, group, &items);
+        let expires_at = now + env.config.batch_ttl_secs * 1000;
+        self.emit(now, Event::BatchOpened { batch, run: req.run, group: group.to_string(), items, binding, expires_at })?;
+        Ok(batch)
+    }
+
+    fn issue(
+        &mut self,
+        env: &mut Env<'_>,
+        req: &TokenRequest<'_>,
+        agent: &SpiffeId,
+        approval: Option<Uuid>,
+        approval_until: Option<Millis>,
+    ) -> Result<TokenReply, EngineError> {
+        let now = env.now;
+        let run = self.run(req.run)?;
+        let workflow = run.workflow.clone();
+        let step = workflow
+            .step(req.step)
+            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+
+        // exp is the earliest of: step TTL, the default token TTL, the
+        // approval's expiry and the run's deadline — in whole seconds.
+        let step_ttl = i64::try_from(step.ttl_secs).unwrap_or(i64::MAX / 2_000) * 1000;
+        let mut exp = (now + step_ttl).min(now + env.config.token_ttl_secs * 1000).min(run.deadline);
+        if let Some(until) = approval_until {
+            exp = exp.min(until);
+        }
+        let (iat_s, exp_s) = (now / 1000, exp / 1000);
+        if exp_s <= iat_s {
+            return Ok(TokenReply::Denied { reason: "no time is left before the run's deadline or the approval's expiry".into(), policy_ids: vec![] });
+        }
+        let jti = env.ids.next_id(now);
+        let claims = StepClaims {
+            iss: env.config.issuer.clone(),
+            sub: agent.to_string(),
+            aud: step.resource.clone(),
+            scope: req.scopes.to_claim(),
+            exp: exp_s,
+            iat: iat_s,
+            nbf: iat_s,
+            jti: jti.to_string(),
+            run: req.run.to_string(),
+            step: step.id.clone(),
+            wf: workflow.digest().to_string(),
+            intent: sha256_text(&step.intent),
+            approval: approval.map(|b| b.to_string()),
+            act: None,
+            cnf: None,
+        };
+        let token = match env.minter.mint(&claims) {
+            Ok(t) => t,
+            Err(e) => return Ok(TokenReply::Denied { reason: format!("signing failed: {e}"), policy_ids: vec![] }),
+        };
+        self.emit(now, Event::TokenIssued {
+            run: req.run,
+            step: step.id.clone(),
+            jti,
+            digest: sha256_text(&token),
+            kid: env.minter.kid().to_string(),
+            sub: agent.to_string(),
+            aud: step.resource.clone(),
+            scopes: req.scopes.to_strings(),
+            iat: iat_s * 1000,
+            exp: exp_s * 1000,
+            approval,
+        })?;
+        Ok(TokenReply::Issued { token, jti, exp: exp_s * 1000, scopes: req.scopes.to_strings(), approval })
+    }
+
+    /// Records a reviewer's decision on a batch.
+    pub fn decide_batch(&mut self, env: &mut Env<'_>, d: &ReviewDecision<'_>) -> Result<DecisionReply, EngineError> {
+        let now = env.now;
+        let batch = self.state.batches.get(&d.batch).ok_or(EngineError::UnknownBatch(d.batch))?.clone();
+        let reviewer = match verify_svid(d.svid, env.trust, &env.config.svid_audience, now / 1000) {
+            Ok(v) => v.spiffe_id,
+            Err(e) => return self.refuse(now, &batch, None, RefuseKind::BadIdentity, format!("identity: {e}")),
+        };
+        let run = self.run(batch.run)?;
+        let check = if batch.status != BatchStatus::Pending {
+            let status = serde_json::to_value(&batch.status).ok();
+            let state = status.as_ref().and_then(|v| v.get("state")).and_then(|v| v.as_str()).unwrap_or("closed");
+            Some((RefuseKind::AlreadyDecided, format!("batch {} is already {state}", batch.id)))
+        } else if run.status.is_final() {
+            Some((RefuseKind::RunEnded, format!("run {} has ended", run.id)))
+        } else if now >= batch.expires_at {
+            Some((RefuseKind::Expired, format!("batch {} expired", batch.id)))
+        } else if !env.reviewers.is_member(&batch.group, &reviewer) {
+            Some((RefuseKind::NotInGroup, format!("`{reviewer}` is not in reviewer group `{}`", batch.group)))
+        } else if run.requester == reviewer.as_str() {
+            Some((RefuseKind::SelfApproval, format!("`{reviewer}` started run {} and may not review it", run.id)))
+        } else if batch.items.iter().any(|i| i.agent == reviewer.as_str()) {
+            Some((RefuseKind::AgentOfBatch, format!("`{reviewer}` is an agent of this batch")))
+        } else if d.binding != batch.binding {
+            Some((RefuseKind::BindingMismatch, "the decision quotes a different binding than the batch shows".to_string()))
+        } else {
+            None
+        };
+        if let Some((kind, reason)) = check {
+            return self.refuse(now, &batch, Some(&reviewer), kind, reason);
+        }
+
+        let valid_until = (now + env.config.approval_ttl_secs * 1000).min(run.deadline);
+        self.emit(now, Event::BatchDecided {
+            batch: batch.id,
+            run: batch.run,
+            approved: d.approve,
+            reviewer: reviewer.to_string(),
+            binding: batch.binding.clone(),
+            comment: d.comment.map(|c| c.chars().take(1000).collect()),
+            valid_until,
+        })?;
+        Ok(DecisionReply::Applied { batch: batch.id, approved: d.approve, valid_until })
+    }
+
+    fn refuse(
+        &mut self,
+        now: Millis,
+        batch: &super::state::Batch,
+        reviewer: Option<&SpiffeId>,
+        kind: RefuseKind,
+        reason: String,
+    ) -> Result<DecisionReply, EngineError> {
+        self.emit(now, Event::DecisionRefused {
+            batch: batch.id,
+            run: batch.run,
+            reviewer: reviewer.map(ToString::to_string),
+            kind: kind.as_str().to_string(),
+            reason: reason.clone(),
+        })?;
+        Ok(DecisionReply::Refused { kind, reason })
+    }
+
+    /// The step's agent reports it done: its token is revoked and the
+    /// steps that waited on it become ready.
+    pub fn complete_step(
+        &mut self,
+        env: &mut Env<'_>,
+        run: Uuid,
+        step: &str,
+        svid: &str,
+        summary: &str,
+    ) -> Result<StepReply, EngineError> {
+        let now = env.now;
+        self.check_step_owner(env, run, step, svid)?;
+        let revoked = self.revoke_step(now, run, step, RevokeReason::StepCompleted)?;
+        self.emit(now, Event::StepCompleted { run, step: step.to_string(), summary: summary.chars().take(500).collect() })?;
+
+        let r = self.run(run)?;
+        let workflow = r.workflow.clone();
+        let done = |id: &str| r.steps.get(id).is_some_and(|s| s.status == StepStatus::Completed);
+        let ready: Vec<String> = workflow
+            .topo_order()
+            .filter(|s| r.steps.get(&s.id).is_some_and(|st| st.status == StepStatus::Waiting))
+            .filter(|s| s.depends_on.iter().all(|d| done(d)))
+            .map(|s| s.id.clone())
+            .collect();
+        let all_done = workflow.steps().iter().all(|s| done(&s.id));
+        for id in &ready {
+            self.emit(now, Event::StepReady { run, step: id.clone() })?;
+        }
+        if all_done {
+            self.close_batches(now, run, "run completed")?;
+            self.emit(now, Event::RunCompleted { run })?;
+        }
+        Ok(StepReply { ready, run_status: self.run(run)?.status, revoked })
+    }
+
+    /// The step's agent reports it failed: the run fails and every live
+    /// token of it is revoked.
+    pub fn fail_step(&mut self, env: &mut Env<'_>, run: Uuid, step: &str, svid: &str, reason: &str) -> Result<StepReply, EngineError> {
+        let now = env.now;
+        self.check_step_owner(env, run, step, svid)?;
+        let mut revoked = self.revoke_step(now, run, step, RevokeReason::StepFailed)?;
+        self.emit(now, Event::StepFailed { run, step: step.to_string(), reason: reason.chars().take(500).collect() })?;
+        revoked.extend(self.revoke_run(now, run, RevokeReason::StepFailed)?);
+        self.close_batches(now, run, "run failed")?;
+        self.emit(now, Event::RunFailed { run, step: step.to_string() })?;
+        Ok(StepReply { ready: vec![], run_status: RunStatus::Failed, revoked })
+    }
+
+    fn check_step_owner(&self, env: &Env<'_>, run: Uuid, step: &str, svid: &str) -> Result<(), EngineError> {
+        let agent = verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+        let r = self.run(run)?;
+        let declared = r.workflow.step(step).ok_or_else(|| EngineError::UnknownStep { run, step: step.to_string() })?;
+        if declared.agent != agent {
+            return Err(EngineError::Forbidden(format!("step `{step}` is performed by `{}`, not `{agent}`", declared.agent)));
+        }
+        if r.status.is_final() {
+            return Err(EngineError::Conflict(format!("run {run} has ended")));
+        }
+        let state = r.steps.get(step).ok_or_else(|| EngineError::UnknownStep { run, step: step.to_string() })?;
+        if state.status != StepStatus::Ready {
+            return Err(EngineError::Conflict(format!("step `{step}` is not in progress")));
+        }
+        if state.tokens.is_empty() {
+            return Err(EngineError::Conflict(format!("step `{step}` never received a token")));
+        }
+        Ok(())
+    }
+
+    /// Cancels a run: revokes every live token and closes its batches.
+    /// The requester or any reviewer may cancel.
+    pub fn cancel_run(&mut self, env: &mut Env<'_>, run: Uuid, svid: &str, reason: &str) -> Result<Vec<Uuid>, EngineError> {
+        let now = env.now;
+        let who = verify_svid(svid, env.trust, &env.config.svid_audience, now / 1000)?.spiffe_id;
+        let r = self.run(run)?;
+        if r.requester != who.as_str() && !env.reviewers.is_reviewer(&who) {
+            return Err(EngineError::Forbidden(format!("`{who}` neither started run {run} nor reviews")));
+        }
+        if r.status.is_final() {
+            return Err(EngineError::Conflict(format!("run {run} has already ended")));
+        }
+        let revoked = self.revoke_run(now, run, RevokeReason::RunCancelled)?;
+        self.close_batches(now, run, "run cancelled")?;
+        self.emit(now, Event::RunCancelled { run, by: who.to_string(), reason: reason.chars().take(500).collect() })?;
+        Ok(revoked)
+    }
+
+    /// Lets a paused run go on with `extra` more step-ups. Reviewers only.
+    pub fn resume_run(&mut self, env: &mut Env<'_>, run: Uuid, svid: &str, extra: u32) -> Result<(), EngineError> {
+        let now = env.now;
+        let who = verify_svid(svid, env.trust, &env.config.svid_audience, now / 1000)?.spiffe_id;
+        if !env.reviewers.is_reviewer(&who) {
+            return Err(EngineError::Forbidden(format!("`{who}` is not a reviewer")));
+        }
+        let r = self.run(run)?;
+        if r.requester == who.as_str() {
+            return Err(EngineError::Forbidden(format!("`{who}` started run {run} and may not resume it")));
+        }
+        if r.status != RunStatus::Paused {
+            return Err(EngineError::Conflict(format!("run {run} is not paused")));
+        }
+        self.emit(now, Event::RunResumed { run, by: who.to_string(), extra_budget: extra })
+    }
+
+    /// Expires what is due at `now`: tokens past `exp`, undecided batches,
+    /// runs past their deadline. Returns true when it emitted anything.
+    pub fn tick(&mut self, now: Millis) -> Result<bool, EngineError> {
+        let before = self.pending.len();
+        let expired: Vec<(Uuid, String, Uuid)> = self
+            .state
+            .tokens
+            .values()
+            .filter(|t| t.status == TokenStatus::Live && t.exp <= now)
+            .map(|t| (t.run, t.step.clone(), t.jti))
+            .collect();
+        for (run, step, jti) in expired {
+            self.emit(now, Event::TokenExpired { run, step, jti })?;
+        }
+        let due: Vec<(Uuid, Uuid)> = self
+            .state
+            .batches
+            .values()
+            .filter(|b| b.status == BatchStatus::Pending && b.expires_at <= now)
+            .map(|b| (b.id, b.run))
+            .collect();
+        for (batch, run) in due {
+            self.emit(now, Event::BatchExpired { batch, run })?;
+        }
+        let late: Vec<Uuid> = self
+            .state
+            .runs
+            .values()
+            .filter(|r| !r.status.is_final() && r.deadline <= now)
+            .map(|r| r.id)
+            .collect();
+        for run in late {
+            self.revoke_run(now, run, RevokeReason::RunDeadline)?;
+            self.close_batches(now, run, "run deadline passed")?;
+            self.emit(now, Event::RunCancelled { run, by: "deadline".into(), reason: "the run's deadline passed".into() })?;
+        }
+        Ok(self.pending.len() > before)
+    }
+
+    fn revoke_step(&mut self, now: Millis, run: Uuid, step: &str, reason: RevokeReason) -> Result<Vec<Uuid>, EngineError> {
+        let live = self.run(run)?.steps.get(step).and_then(|s| s.live_token);
+        let live = live.filter(|jti| self.state.tokens.get(jti).is_some_and(|t| t.status == TokenStatus::Live));
+        match live {
+            Some(jti) => {
+                self.emit(now, Event::TokenRevoked { run, step: step.to_string(), jti, reason })?;
+                Ok(vec![jti])
+            }
+            None => Ok(vec![]),
+        }
+    }
+
+    fn revoke_run(&mut self, now: Millis, run: Uuid, reason: RevokeReason) -> Result<Vec<Uuid>, EngineError> {
+        let steps: Vec<String> = self.run(run)?.steps.keys().cloned().collect();
+        let mut revoked = vec![];
+        for step in steps {
+            revoked.extend(self.revoke_step(now, run, &step, reason)?);
+        }
+        Ok(revoked)
+    }
+
+    fn close_batches(&mut self, now: Millis, run: Uuid, reason: &str) -> Result<(), EngineError> {
+        let open: Vec<Uuid> = self
+            .run(run)?
+            .batches
+            .iter()
+            .filter(|b| self.state.batches.get(b).is_some_and(|b| b.status == BatchStatus::Pending))
+            .copied()
+            .collect();
+        for batch in open {
+            self.emit(now, Event::BatchWithdrawn { batch, run, reason: reason.to_string() })?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, run: Uuid) -> Result<&super::state::Run, EngineError> {
+        self.state.runs.get(&run).ok_or(EngineError::UnknownRun(run))
+    }
+}

@@ -1,0 +1,441 @@
+//! Policy: Cedar decides every step-token request.
+//!
+//! A policy file is a Cedar policy set. Each request is one Cedar request
+//! whose principal is the agent, action the step's action, resource the
+//! step's resource (the token audience) and context the facts of the run
+//! (see `schemas/stepgate.cedarschema`). Three outcomes come out:
+//!
+//! - **allow**: some `permit` matched, none of them asks for review;
+//! - **step-up**: a matching `permit` carries `@review("<group>")`, so a
+//!   person of that reviewer group must approve first;
+//! - **deny**: a `forbid` matched, no `permit` matched, or evaluation hit
+//!   an error. An error always ends in deny, whatever else matched.
+//!
+//! Every policy carries `@id("...")`; decisions name the ids that decided
+//! them and the digest of the policy set, so an auditor can tell which
+//! rules were in force. The set is validated in strict mode against the
+//! shipped schema at load. This module does no I/O beyond [`PolicySet::load`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, Request, RestrictedExpression, Schema,
+    ValidationMode, Validator,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::scope::ScopeSet;
+use crate::spiffe::SpiffeId;
+
+/// The Cedar schema every policy set is validated against.
+pub const BASE_SCHEMA: &str = include_str!("../schemas/stepgate.cedarschema");
+
+/// Largest policy file accepted, in bytes.
+pub const MAX_POLICY_BYTES: u64 = 512 * 1024;
+
+/// The Cedar namespace of stepgate's entity types and actions.
+pub const NAMESPACE: &str = "Stepgate";
+
+/// Why a policy set could not be loaded. Loading fails closed: no engine
+/// starts with a policy set that did not load and validate cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The policy file.
+        file: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_POLICY_BYTES`].
+    #[error("{file}: is {size} bytes; the limit is {MAX_POLICY_BYTES}")]
+    TooLarge {
+        /// The policy file.
+        file: String,
+        /// Its size.
+        size: u64,
+    },
+    /// Cedar could not parse the policies.
+    #[error("{file}: cedar syntax: {message}")]
+    Syntax {
+        /// The policy file.
+        file: String,
+        /// Cedar's description of the problem.
+        message: String,
+    },
+    /// A policy lacks the `@id` annotation.
+    #[error("{file}: policy {position} has no `@id(\"...\")` annotation")]
+    MissingId {
+        /// The policy file.
+        file: String,
+        /// 1-based position of the policy in the file.
+        position: usize,
+    },
+    /// Two policies carry the same `@id`.
+    #[error("{file}: two policies have `@id(\"{id}\")`")]
+    DuplicateId {
+        /// The policy file.
+        file: String,
+        /// The repeated id.
+        id: String,
+    },
+    /// A `@review` annotation is misplaced or malformed.
+    #[error("{file}: policy `{id}`: {message}")]
+    BadReview {
+        /// The policy file.
+        file: String,
+        /// The policy id.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file contains templates, which stepgate does not link.
+    #[error("{file}: templates are not supported; write static policies")]
+    Template {
+        /// The policy file.
+        file: String,
+    },
+    /// The schema (base plus action declarations) did not build.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// Strict validation against the schema failed.
+    #[error("{file}: does not validate against the schema: {}", messages.join("; "))]
+    Invalid {
+        /// The policy file.
+        file: String,
+        /// One message per validation error.
+        messages: Vec<String>,
+    },
+}
+
+/// What a decision allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Outcome {
+    /// Issue the token now.
+    Allow,
+    /// Issue the token once the named reviewer group approves.
+    StepUp {
+        /// The reviewer group named by the `@review` annotation.
+        group: String,
+    },
+    /// Never issue the token.
+    Deny,
+}
+
+impl Outcome {
+    /// `allow`, `step-up` or `deny`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::StepUp { .. } => "step-up",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+/// A decision with its reasons, as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What the decision allows.
+    pub outcome: Outcome,
+    /// Ids of the policies that decided (matching permits on allow and
+    /// step-up, matching forbids on deny), sorted.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors; any error makes the outcome deny.
+    pub errors: Vec<String>,
+    /// Digest of the policy set in force.
+    pub policy_digest: String,
+    /// One line for people: why this outcome.
+    pub reason: String,
+}
+
+/// The facts of one request, turned into Cedar's principal, action,
+/// resource and context.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// The agent asking.
+    pub agent: &'a SpiffeId,
+    /// The step's action.
+    pub action: &'a str,
+    /// The step's resource.
+    pub resource: &'a str,
+    /// Run id.
+    pub run: &'a str,
+    /// Step id.
+    pub step: &'a str,
+    /// Workflow name.
+    pub workflow: &'a str,
+    /// Workflow digest.
+    pub workflow_digest: &'a str,
+    /// Risk name (`low`..`critical`).
+    pub risk: &'a str,
+    /// Risk level 0..=3.
+    pub risk_level: i64,
+    /// Intent text.
+    pub intent: &'a str,
+    /// Scopes asked for.
+    pub scopes: &'a ScopeSet,
+    /// Step-ups the run made before this request.
+    pub stepups_so_far: u32,
+    /// Decision time, seconds since the Unix epoch.
+    pub now: i64,
+}
+
+/// A loaded, validated Cedar policy set.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    set: cedar_policy::PolicySet,
+    review: BTreeMap<String, String>,
+    digest: String,
+    source: String,
+}
+
+impl PolicySet {
+    /// Reads and validates the policy file at `path`.
+    ///
+    /// `actions` are declared in the schema besides those the policies
+    /// name, typically the actions of the workflow about to run.
+    pub fn load<'a>(
+        path: &Path,
+        actions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, PolicyError> {
+        let file = path.display().to_string();
+        let io = |source| PolicyError::Io { file: file.clone(), source };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge { file, size });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(&file, &text, actions)
+    }
+
+    /// Parses and validates policy text; `source` names it in errors.
+    pub fn parse<'a>(
+        source: &str,
+        text: &str,
+        actions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, PolicyError> {
+        let file = source.to_string();
+        if text.len() as u64 > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge { file, size: text.len() as u64 });
+        }
+        let parsed = cedar_policy::PolicySet::from_str(text)
+            .map_err(|e| PolicyError::Syntax { file: file.clone(), message: one_line(&e) })?;
+        if parsed.templates().next().is_some() {
+            return Err(PolicyError::Template { file });
+        }
+        let (set, review) = rename_by_annotation(&file, &parsed)?;
+
+        let mut declared: BTreeSet<String> = actions.into_iter().map(str::to_string).collect();
+        declared.extend(actions_named(&set));
+        let schema = schema_with_actions(&declared)?;
+        let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
+        let messages: Vec<String> = result.validation_errors().map(|e| one_line(e)).collect();
+        if !messages.is_empty() {
+            return Err(PolicyError::Invalid { file, messages });
+        }
+        Ok(Self { set, review, digest: sha256_text(text), source: file })
+    }
+
+    /// `sha256:<hex>` of the policy text as loaded.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The file name the set was loaded from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Policy ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Decides one request. Never fails: every error is a deny that
+    /// carries the error in [`Decision::errors`].
+    pub fn decide(&self, facts: &Facts<'_>) -> Decision {
+        match self.evaluate(facts) {
+            Ok(decision) => decision,
+            Err(error) => self.deny_on_error(error),
+        }
+    }
+
+    fn evaluate(&self, facts: &Facts<'_>) -> Result<Decision, String> {
+        let (request, entities) = build_request(facts)?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| one_line(e)).collect();
+        if !errors.is_empty() {
+            let mut decision = self.deny_on_error(errors.join("; "));
+            decision.errors = errors;
+            return Ok(decision);
+        }
+        let mut ids: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        ids.sort();
+        let (outcome, reason) = match response.decision() {
+            CedarDecision::Deny if ids.is_empty() => (Outcome::Deny, "no policy permits it".to_string()),
+            CedarDecision::Deny => (Outcome::Deny, format!("forbidden by {}", ids.join(", "))),
+            CedarDecision::Allow => self.allow_or_step_up(&ids),
+        };
+        Ok(Decision { outcome, policy_ids: ids, errors: vec![], policy_digest: self.digest.clone(), reason })
+    }
+
+    fn allow_or_step_up(&self, ids: &[String]) -> (Outcome, String) {
+        // The first reviewing permit in id order names the group, so the
+        // choice is stable; any reviewing permit makes it a step-up, since
+        // review is the more restrictive reading.
+        let reviewing = ids.iter().find_map(|id| self.review.get(id).map(|g| (id, g)));
+        match reviewing {
+            Some((id, group)) => (
+                Outcome::StepUp { group: group.clone() },
+                format!("permitted by {} after review by `{group}` (required by {id})", ids.join(", ")),
+            ),
+            None => (Outcome::Allow, format!("permitted by {}", ids.join(", "))),
+        }
+    }
+
+    fn deny_on_error(&self, error: String) -> Decision {
+        Decision {
+            outcome: Outcome::Deny,
+            policy_ids: vec![],
+            errors: vec![error.clone()],
+            policy_digest: self.digest.clone(),
+            reason: format!("denied because evaluation failed: {error}"),
+        }
+    }
+}
+
+/// Gives each policy the id of its `@id` annotation and collects the
+/// `@review` groups of permits.
+fn rename_by_annotation(
+    file: &str,
+    parsed: &cedar_policy::PolicySet,
+) -> Result<(cedar_policy::PolicySet, BTreeMap<String, String>), PolicyError> {
+    // Cedar numbers policies `policy0`, `policy1`... in file order.
+    let mut policies: Vec<&Policy> = parsed.policies().collect();
+    policies.sort_by_key(|p| p.id().to_string()[6..].parse::<usize>().unwrap_or(usize::MAX));
+
+    let mut set = cedar_policy::PolicySet::new();
+    let mut review = BTreeMap::new();
+    for (index, policy) in policies.into_iter().enumerate() {
+        let id = policy
+            .annotation("id")
+            .filter(|id| !id.trim().is_empty())
+            .ok_or(PolicyError::MissingId { file: file.to_string(), position: index + 1 })?
+            .to_string();
+        if let Some(group) = policy.annotation("review") {
+            check_review(file, &id, group, policy.effect())?;
+            review.insert(id.clone(), group.to_string());
+        }
+        set.add(policy.new_id(PolicyId::new(&id)))
+            .map_err(|_| PolicyError::DuplicateId { file: file.to_string(), id })?;
+    }
+    Ok((set, review))
+}
+
+fn check_review(file: &str, id: &str, group: &str, effect: Effect) -> Result<(), PolicyError> {
+    let bad = |message: &str| PolicyError::BadReview {
+        file: file.to_string(),
+        id: id.to_string(),
+        message: message.to_string(),
+    };
+    if effect == Effect::Forbid {
+        return Err(bad("`@review` only applies to `permit` policies"));
+    }
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
+    if group.is_empty() || group.len() > 64 || !group.chars().all(ok) {
+        return Err(bad("`@review` must name a reviewer group: 1-64 of a-z 0-9 - _"));
+    }
+    Ok(())
+}
+
+/// Action ids named in the policies' action constraints.
+fn actions_named(set: &cedar_policy::PolicySet) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for policy in set.policies() {
+        let uids = match policy.action_constraint() {
+            ActionConstraint::Any => vec![],
+            ActionConstraint::Eq(uid) => vec![uid],
+            ActionConstraint::In(uids) => uids,
+        };
+        for uid in uids {
+            if uid.type_name().to_string() == format!("{NAMESPACE}::Action") {
+                names.insert(uid.id().unescaped().to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The base schema plus one declaration per action.
+fn schema_with_actions(actions: &BTreeSet<String>) -> Result<Schema, PolicyError> {
+    let mut text = BASE_SCHEMA.to_string();
+    text.push_str(&format!("\nnamespace {NAMESPACE} {{\n"));
+    for action in actions {
+        let escaped = action.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!(
+            "  action \"{escaped}\" appliesTo {{ principal: [Agent], resource: [Resource], context: StepContext }};\n"
+        ));
+    }
+    text.push_str("}\n");
+    Schema::from_cedarschema_str(&text).map(|(schema, _)| schema).map_err(|e| PolicyError::Schema(one_line(&e)))
+}
+
+fn build_request(facts: &Facts<'_>) -> Result<(Request, Entities), String> {
+    let agent = uid("Agent", facts.agent.as_str())?;
+    let resource = uid("Resource", facts.resource)?;
+    let action = uid("Action", facts.action)?;
+
+    let attrs = HashMap::from([(
+        "trust_domain".to_string(),
+        RestrictedExpression::new_string(facts.agent.trust_domain().to_string()),
+    )]);
+    let agent_entity = Entity::new(agent.clone(), attrs, HashSet::new()).map_err(|e| one_line(&e))?;
+    let resource_entity = Entity::new_no_attrs(resource.clone(), HashSet::new());
+    let entities =
+        Entities::from_entities([agent_entity, resource_entity], None).map_err(|e| one_line(&e))?;
+
+    let context = Context::from_pairs(context_pairs(facts)).map_err(|e| one_line(&e))?;
+    let request = Request::new(agent, action, resource, context, None).map_err(|e| one_line(&e))?;
+    Ok((request, entities))
+}
+
+fn context_pairs(facts: &Facts<'_>) -> Vec<(String, RestrictedExpression)> {
+    let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+    let scopes = facts.scopes.iter().map(|sc| s(sc.as_str()));
+    vec![
+        ("run".into(), s(facts.run)),
+        ("step".into(), s(facts.step)),
+        ("workflow".into(), s(facts.workflow)),
+        ("workflow_digest".into(), s(facts.workflow_digest)),
+        ("risk".into(), s(facts.risk)),
+        ("risk_level".into(), RestrictedExpression::new_long(facts.risk_level)),
+        ("intent".into(), s(facts.intent)),
+        ("scopes".into(), RestrictedExpression::new_set(scopes)),
+        ("stepups_so_far".into(), RestrictedExpression::new_long(i64::from(facts.stepups_so_far))),
+        ("now".into(), RestrictedExpression::new_long(facts.now)),
+    ]
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let name = EntityTypeName::from_str(&format!("{NAMESPACE}::{kind}")).map_err(|e| one_line(&e))?;
+    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+}
+
+/// `sha256:<hex>` of some text.
+pub fn sha256_text(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// Cedar's errors span lines; events and logs want one.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
