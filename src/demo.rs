@@ -95,7 +95,7 @@ fn dev_trust_domain(store: &Store, name: &str) -> anyhow::Result<DevTrustDomain>
         return Ok(DevTrustDomain::from_pkcs8_der(name, &der)?);
     }
     let td = DevTrustDomain::generate(name, &mut rand_core::OsRng)?;
-    store.put_key(&stored_name, &td.to_pkcs8_der())?;
+    store.put_key(&stored_name, &td.to_pkcs8_der()?)?;
     Ok(td)
 }
 

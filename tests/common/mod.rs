@@ -105,7 +105,7 @@ pub fn dev_domain() -> DevTrustDomain {
     use std::sync::OnceLock;
     static DER: OnceLock<Vec<u8>> = OnceLock::new();
     let der = DER.get_or_init(|| {
-        DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng).expect("generate dev trust domain").to_pkcs8_der()
+        DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng).expect("generate dev trust domain").to_pkcs8_der().expect("der")
     });
     DevTrustDomain::from_pkcs8_der(DOMAIN, der).expect("reload dev trust domain")
 }
