@@ -439,3 +439,117 @@ pub fn sha256_text(text: &str) -> String {
 fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = "spiffe://example.org/agent/deployer";
+
+    fn decide(text: &str, action: &str, risk_level: i64) -> Decision {
+        let set = PolicySet::parse("test.cedar", text, [action]).unwrap();
+        let agent = SpiffeId::parse(AGENT).unwrap();
+        let scopes = ScopeSet::parse(&["deploy:production"]).unwrap();
+        set.decide(&Facts {
+            agent: &agent,
+            action,
+            resource: "https://deploy.example.org",
+            run: "r1",
+            step: "s1",
+            workflow: "wf",
+            workflow_digest: "sha256:00",
+            risk: "high",
+            risk_level,
+            intent: "ship it",
+            scopes: &scopes,
+            stepups_so_far: 0,
+            now: 1_796_400_000,
+        })
+    }
+
+    const PERMIT: &str = r#"
+        @id("deploy-allowed")
+        permit (principal, action == Stepgate::Action::"deploy", resource);
+    "#;
+
+    #[test]
+    fn a_plain_permit_allows_and_names_itself() {
+        let d = decide(PERMIT, "deploy", 2);
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.policy_ids, vec!["deploy-allowed".to_string()]);
+        assert_eq!(d.policy_digest, sha256_text(PERMIT));
+        assert!(d.errors.is_empty());
+    }
+
+    #[test]
+    fn no_permit_is_deny() {
+        let d = decide(PERMIT, "restart", 2);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.reason, "no policy permits it");
+        assert!(d.policy_ids.is_empty());
+    }
+
+    #[test]
+    fn forbid_wins_over_permit() {
+        let text = format!(
+            "{PERMIT}\n@id(\"no-critical\")\nforbid (principal, action, resource) when {{ context.risk_level >= 3 }};"
+        );
+        assert_eq!(decide(&text, "deploy", 2).outcome, Outcome::Allow);
+        let d = decide(&text, "deploy", 3);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policy_ids, vec!["no-critical".to_string()]);
+        assert_eq!(d.reason, "forbidden by no-critical");
+    }
+
+    #[test]
+    fn a_review_annotation_makes_a_step_up_and_review_wins_over_a_plain_permit() {
+        let text = format!(
+            "{PERMIT}\n@id(\"prod-review\")\n@review(\"release-managers\")\npermit (principal, action, resource) when {{ context.scopes.contains(\"deploy:production\") }};"
+        );
+        let d = decide(&text, "deploy", 2);
+        assert_eq!(d.outcome, Outcome::StepUp { group: "release-managers".into() });
+        assert_eq!(d.policy_ids, vec!["deploy-allowed".to_string(), "prod-review".to_string()]);
+    }
+
+    #[test]
+    fn an_evaluation_error_is_deny_even_when_a_permit_matches() {
+        let text = format!(
+            "{PERMIT}\n@id(\"overflows\")\npermit (principal, action, resource) when {{ context.now * 9223372036854775807 > 0 }};"
+        );
+        let d = decide(&text, "deploy", 2);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.errors.len(), 1);
+        assert!(d.errors[0].contains("overflows"), "{:?}", d.errors);
+        assert!(d.policy_ids.is_empty());
+    }
+
+    #[test]
+    fn loading_rejects_type_errors_missing_ids_duplicates_and_misplaced_reviews() {
+        let typo = r#"@id("a") permit (principal, action, resource) when { context.risk > 2 };"#;
+        assert!(matches!(PolicySet::parse("p.cedar", typo, ["deploy"]), Err(PolicyError::Invalid { .. })));
+
+        let unknown_attr = r#"@id("a") permit (principal, action, resource) when { context.team == "x" };"#;
+        assert!(matches!(PolicySet::parse("p.cedar", unknown_attr, ["deploy"]), Err(PolicyError::Invalid { .. })));
+
+        let no_id = "permit (principal, action, resource);";
+        assert!(matches!(
+            PolicySet::parse("p.cedar", no_id, ["deploy"]),
+            Err(PolicyError::MissingId { position: 1, .. })
+        ));
+
+        let dup = r#"@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);"#;
+        assert!(matches!(PolicySet::parse("p.cedar", dup, ["deploy"]), Err(PolicyError::DuplicateId { id, .. }) if id == "a"));
+
+        let review_forbid = r#"@id("a") @review("ops") forbid (principal, action, resource);"#;
+        assert!(matches!(PolicySet::parse("p.cedar", review_forbid, ["deploy"]), Err(PolicyError::BadReview { .. })));
+
+        let bad_group = r#"@id("a") @review("Ops Team") permit (principal, action, resource);"#;
+        assert!(matches!(PolicySet::parse("p.cedar", bad_group, ["deploy"]), Err(PolicyError::BadReview { .. })));
+
+        let syntax = "permit (principal action resource);";
+        assert!(matches!(PolicySet::parse("p.cedar", syntax, ["deploy"]), Err(PolicyError::Syntax { .. })));
+
+        let template = r#"@id("t") permit (principal == ?principal, action, resource);"#;
+        assert!(matches!(PolicySet::parse("p.cedar", template, ["deploy"]), Err(PolicyError::Template { .. })));
+    }
+}
