@@ -13,6 +13,20 @@
 //! would take a P-521 verifier. `EdDSA`, `none` and every HMAC algorithm are
 //! refused before any key is looked at.
 //!
+//! ```
+//! use rand_core::OsRng;
+//! use stepgate::identity::{verify_svid, DevTrustDomain};
+//! use stepgate::spiffe::SpiffeId;
+//!
+//! let domain = DevTrustDomain::generate("dev.stepgate.local", &mut OsRng)?;
+//! let agent = SpiffeId::parse("spiffe://dev.stepgate.local/agent/planner")?;
+//! let svid = domain.mint_svid(&agent, "stepgate", 1_000_000, 300)?;
+//! let who = verify_svid(&svid, &domain.bundle(), "stepgate", 1_000_010)?;
+//! assert_eq!(who.spiffe_id, agent);
+//! assert_eq!(who.expires_at, 1_000_300);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Trust bundle file
 //!
 //! A JSON object with one member, `trust_domains`, mapping each trust domain

@@ -11,6 +11,38 @@
 //! minted; [`crate::scope`] defines the `scope` claim; the engine builds the
 //! claims and records [`digest`] of each token, never the token itself.
 //!
+//! ```
+//! use stepgate::token::{intent_digest, mint, verify, Jwks, KeyPair, StepClaims, VerifyOptions};
+//!
+//! let key = KeyPair::from_secret_bytes([7u8; 32]);
+//! let claims = StepClaims {
+//!     iss: "https://stepgate.example".into(),
+//!     sub: "spiffe://dev.stepgate.local/agent/planner".into(),
+//!     aud: "db://orders".into(),
+//!     scope: "db:read".into(),
+//!     exp: 1_000_300,
+//!     iat: 1_000_000,
+//!     nbf: 1_000_000,
+//!     jti: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+//!     run: "run-1".into(),
+//!     step: "fetch".into(),
+//!     wf: "sha256:00".into(),
+//!     intent: intent_digest("read the open orders"),
+//!     approval: None,
+//!     act: None,
+//!     cnf: None,
+//! };
+//! let token = mint(&key, &claims)?;
+//! let jwks = Jwks { keys: vec![key.public_jwk()] };
+//! let opts = VerifyOptions {
+//!     issuer: "https://stepgate.example",
+//!     audience: "db://orders",
+//!     now: 1_000_100,
+//! };
+//! assert_eq!(verify(&token, &jwks, &opts)?, claims);
+//! # Ok::<(), stepgate::token::TokenError>(())
+//! ```
+//!
 //! The JWS is assembled here with `ed25519-dalek` and `base64` rather than
 //! through `jsonwebtoken`: that keeps the header bytes exactly
 //! `{"alg","kid","typ"}`, lets [`verify`] refuse a bad header before any key
