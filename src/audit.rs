@@ -68,7 +68,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
     let state = engine.state();
     Ok(VerifyReport {
         events: entries.len() as u64,
-        head: entries.last().map(|e| e.hash.clone()).unwrap_or_else(|| "0".repeat(64)),
+        head: entries
+            .last()
+            .map(|e| e.hash.clone())
+            .unwrap_or_else(|| "0".repeat(64)),
         runs: state.runs.len(),
         tokens: state.tokens.len(),
         batches: state.batches.len(),
@@ -83,10 +86,18 @@ fn findings(entries: &[Entry], state: &State) -> Vec<String> {
     let mut last_outcome: BTreeMap<(Uuid, String), Outcome> = BTreeMap::new();
     for entry in entries {
         match &entry.event {
-            Event::Decided { run, step, outcome, .. } => {
+            Event::Decided {
+                run, step, outcome, ..
+            } => {
                 last_outcome.insert((*run, step.clone()), outcome.clone());
             }
-            Event::TokenIssued { run, step, jti, approval, .. } => {
+            Event::TokenIssued {
+                run,
+                step,
+                jti,
+                approval,
+                ..
+            } => {
                 let outcome = last_outcome.get(&(*run, step.clone()));
                 match (outcome, approval) {
                     (Some(Outcome::Allow), None) => {}
@@ -95,13 +106,18 @@ fn findings(entries: &[Entry], state: &State) -> Vec<String> {
                             out.push(format!("seq {}: token {jti}: {problem}", entry.seq));
                         }
                     }
-                    (Some(Outcome::StepUp { .. }), None) => {
-                        out.push(format!("seq {}: token {jti} for stepped-up step `{step}` has no approval", entry.seq))
-                    }
-                    (Some(Outcome::Deny), _) => {
-                        out.push(format!("seq {}: token {jti} issued after a deny for step `{step}`", entry.seq))
-                    }
-                    (None, _) => out.push(format!("seq {}: token {jti} issued with no decision for step `{step}`", entry.seq)),
+                    (Some(Outcome::StepUp { .. }), None) => out.push(format!(
+                        "seq {}: token {jti} for stepped-up step `{step}` has no approval",
+                        entry.seq
+                    )),
+                    (Some(Outcome::Deny), _) => out.push(format!(
+                        "seq {}: token {jti} issued after a deny for step `{step}`",
+                        entry.seq
+                    )),
+                    (None, _) => out.push(format!(
+                        "seq {}: token {jti} issued with no decision for step `{step}`",
+                        entry.seq
+                    )),
                     (Some(Outcome::Allow), Some(_)) => {}
                 }
             }
@@ -120,7 +136,9 @@ fn approval_problem(state: &State, batch: Uuid, step: &str, at: Millis) -> Optio
     }
     match &b.status {
         BatchStatus::Approved { valid_until, .. } if at < *valid_until => None,
-        BatchStatus::Approved { .. } => Some(format!("issued after the approval of batch {batch} lapsed")),
+        BatchStatus::Approved { .. } => {
+            Some(format!("issued after the approval of batch {batch} lapsed"))
+        }
         _ => Some(format!("batch {batch} was never approved")),
     }
 }
@@ -147,7 +165,14 @@ pub fn timeline(entries: &[Entry], run: Option<Uuid>) -> Vec<Line> {
     entries
         .iter()
         .filter(|e| run.is_none() || e.event.run() == run)
-        .map(|e| Line { seq: e.seq, at: e.at, run: e.event.run(), kind: e.event.kind(), text: describe(&e.event), event: e.event.clone() })
+        .map(|e| Line {
+            seq: e.seq,
+            at: e.at,
+            run: e.event.run(),
+            kind: e.event.kind(),
+            text: describe(&e.event),
+            event: e.event.clone(),
+        })
         .collect()
 }
 
@@ -156,33 +181,86 @@ pub fn describe(event: &Event) -> String {
     use Event::*;
     match event {
         KeyCreated { kid } => format!("signing key {kid} created"),
-        RunStarted { workflow, requester, stepup_budget, .. } => {
+        RunStarted {
+            workflow,
+            requester,
+            stepup_budget,
+            ..
+        } => {
             format!("run of `{workflow}` started by {requester} (step-up budget {stepup_budget})")
         }
         StepReady { step, .. } => format!("step `{step}` ready"),
-        TokenRequested { step, agent, scopes, .. } => format!("step `{step}`: {agent} asked for [{}]", scopes.join(" ")),
-        RequestRejected { step, kind, reason, .. } => format!("step `{step}`: request rejected ({kind}): {reason}"),
-        Decided { step, outcome, reason, .. } => format!("step `{step}`: policy says {} — {reason}", outcome.label()),
-        BatchOpened { batch, group, items, .. } => {
+        TokenRequested {
+            step,
+            agent,
+            scopes,
+            ..
+        } => format!("step `{step}`: {agent} asked for [{}]", scopes.join(" ")),
+        RequestRejected {
+            step, kind, reason, ..
+        } => format!("step `{step}`: request rejected ({kind}): {reason}"),
+        Decided {
+            step,
+            outcome,
+            reason,
+            ..
+        } => format!("step `{step}`: policy says {} — {reason}", outcome.label()),
+        BatchOpened {
+            batch,
+            group,
+            items,
+            ..
+        } => {
             let steps: Vec<&str> = items.iter().map(|i| i.step.as_str()).collect();
             format!("batch {batch} opened for `{group}`: {}", steps.join(", "))
         }
-        BatchDecided { batch, approved, reviewer, .. } => {
-            format!("batch {batch} {} by {reviewer}", if *approved { "approved" } else { "denied" })
+        BatchDecided {
+            batch,
+            approved,
+            reviewer,
+            ..
+        } => {
+            format!(
+                "batch {batch} {} by {reviewer}",
+                if *approved { "approved" } else { "denied" }
+            )
         }
         BatchExpired { batch, .. } => format!("batch {batch} expired undecided"),
         BatchWithdrawn { batch, reason, .. } => format!("batch {batch} withdrawn: {reason}"),
-        DecisionRefused { batch, kind, reason, .. } => format!("decision on batch {batch} refused ({kind}): {reason}"),
-        TokenIssued { step, jti, scopes, exp, approval, aud, .. } => {
-            let approval = approval.map(|b| format!(", approved in batch {b}")).unwrap_or_default();
-            format!("step `{step}`: token {jti} issued for {aud} [{}] until {}{approval}", scopes.join(" "), fmt_time(*exp))
+        DecisionRefused {
+            batch,
+            kind,
+            reason,
+            ..
+        } => format!("decision on batch {batch} refused ({kind}): {reason}"),
+        TokenIssued {
+            step,
+            jti,
+            scopes,
+            exp,
+            approval,
+            aud,
+            ..
+        } => {
+            let approval = approval
+                .map(|b| format!(", approved in batch {b}"))
+                .unwrap_or_default();
+            format!(
+                "step `{step}`: token {jti} issued for {aud} [{}] until {}{approval}",
+                scopes.join(" "),
+                fmt_time(*exp)
+            )
         }
-        TokenRevoked { step, jti, reason, .. } => format!("step `{step}`: token {jti} revoked ({})", reason.as_str()),
+        TokenRevoked {
+            step, jti, reason, ..
+        } => format!("step `{step}`: token {jti} revoked ({})", reason.as_str()),
         TokenExpired { step, jti, .. } => format!("step `{step}`: token {jti} expired"),
         StepCompleted { step, summary, .. } => format!("step `{step}` completed: {summary}"),
         StepFailed { step, reason, .. } => format!("step `{step}` failed: {reason}"),
         RunPaused { reason, .. } => format!("run paused: {reason}"),
-        RunResumed { by, extra_budget, .. } => format!("run resumed by {by} (+{extra_budget} step-ups)"),
+        RunResumed {
+            by, extra_budget, ..
+        } => format!("run resumed by {by} (+{extra_budget} step-ups)"),
         RunCompleted { .. } => "run completed".to_string(),
         RunFailed { step, .. } => format!("run failed at step `{step}`"),
         RunCancelled { by, reason, .. } => format!("run cancelled by {by}: {reason}"),
@@ -204,7 +282,12 @@ pub fn fmt_time(ms: Millis) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's method.
@@ -227,7 +310,14 @@ pub fn parse_time(s: &str) -> Option<Millis> {
         return Some(ms);
     }
     let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
@@ -255,7 +345,10 @@ mod tests {
         assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(fmt_time(1_796_400_000_000), "2026-12-04T16:00:00Z");
         assert_eq!(parse_time("2026-12-04T16:00:00Z"), Some(1_796_400_000_000));
-        assert_eq!(parse_time("2024-02-29T23:59:59Z").map(fmt_time).as_deref(), Some("2024-02-29T23:59:59Z"));
+        assert_eq!(
+            parse_time("2024-02-29T23:59:59Z").map(fmt_time).as_deref(),
+            Some("2024-02-29T23:59:59Z")
+        );
         assert_eq!(parse_time("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_time("yesterday"), None);
     }

@@ -187,7 +187,10 @@ impl From<ServiceError> for BusError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Closed => BusError::Closed,
-            other => BusError::Remote { code: other.code().to_string(), message: other.to_string() },
+            other => BusError::Remote {
+                code: other.code().to_string(),
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -195,7 +198,10 @@ impl From<ServiceError> for BusError {
 /// A way to reach a stepgate service.
 pub trait Transport: Send + Sync {
     /// Sends one request and waits for its response.
-    fn call(&self, request: Request) -> impl std::future::Future<Output = Result<Response, BusError>> + Send;
+    fn call(
+        &self,
+        request: Request,
+    ) -> impl std::future::Future<Output = Result<Response, BusError>> + Send;
 
     /// Follows committed events (batch decisions, revocations, ...).
     fn events(&self) -> broadcast::Receiver<Entry>;

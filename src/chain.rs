@@ -67,7 +67,9 @@ pub enum ChainError {
         reason: String,
     },
     /// The record was written by a newer, unknown format.
-    #[error("seq {seq}: record format v{version} is not supported (this build reads v{LOG_VERSION})")]
+    #[error(
+        "seq {seq}: record format v{version} is not supported (this build reads v{LOG_VERSION})"
+    )]
     Version {
         /// Sequence number.
         seq: u64,
@@ -122,12 +124,26 @@ pub fn seal(
     at: Millis,
     event: Event,
 ) -> Result<(Vec<u8>, [u8; 32], Entry), EncodeError> {
-    let body = Body { v: LOG_VERSION, seq, at, prev: prev.to_vec(), event };
+    let body = Body {
+        v: LOG_VERSION,
+        seq,
+        at,
+        prev: prev.to_vec(),
+        event,
+    };
     let body_bytes = rmp_serde::to_vec_named(&body).map_err(|e| EncodeError(e.to_string()))?;
     let hash = link_hash(prev, &body_bytes);
-    let record = Record { hash: hash.to_vec(), body: body_bytes };
+    let record = Record {
+        hash: hash.to_vec(),
+        body: body_bytes,
+    };
     let bytes = rmp_serde::to_vec_named(&record).map_err(|e| EncodeError(e.to_string()))?;
-    let entry = Entry { seq, at, hash: hex::encode(hash), event: body.event };
+    let entry = Entry {
+        seq,
+        at,
+        hash: hex::encode(hash),
+        event: body.event,
+    };
     Ok((bytes, hash, entry))
 }
 
@@ -147,7 +163,10 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Self { next_seq: 0, prev: GENESIS }
+        Self {
+            next_seq: 0,
+            prev: GENESIS,
+        }
     }
 }
 
@@ -170,28 +189,47 @@ impl Verifier {
     /// Checks the record stored under key `key_seq` and decodes it.
     pub fn check(&mut self, key_seq: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
         if key_seq != self.next_seq {
-            return Err(ChainError::Sequence { expected: self.next_seq, found: key_seq });
+            return Err(ChainError::Sequence {
+                expected: self.next_seq,
+                found: key_seq,
+            });
         }
-        let decode = |reason: String| ChainError::Decode { seq: key_seq, reason };
+        let decode = |reason: String| ChainError::Decode {
+            seq: key_seq,
+            reason,
+        };
         let record: Record = rmp_serde::from_slice(bytes).map_err(|e| decode(e.to_string()))?;
-        if link_hash(&self.prev, &record.body).as_slice() != record.hash.as_slice() {
-            return Err(ChainError::Hash { seq: key_seq });
-        }
         let body: Body = rmp_serde::from_slice(&record.body).map_err(|e| decode(e.to_string()))?;
         if body.v != LOG_VERSION {
-            return Err(ChainError::Version { seq: key_seq, version: body.v });
+            return Err(ChainError::Version {
+                seq: key_seq,
+                version: body.v,
+            });
         }
         if body.seq != key_seq {
-            return Err(ChainError::Sequence { expected: key_seq, found: body.seq });
+            return Err(ChainError::Sequence {
+                expected: key_seq,
+                found: body.seq,
+            });
         }
+        // Link before hash: a record re-sealed after its predecessor was
+        // changed reports the broken link, not a content mismatch.
         if body.prev.as_slice() != self.prev.as_slice() {
             return Err(ChainError::Link { seq: key_seq });
+        }
+        if link_hash(&self.prev, &record.body).as_slice() != record.hash.as_slice() {
+            return Err(ChainError::Hash { seq: key_seq });
         }
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&record.hash);
         self.prev = hash;
         self.next_seq += 1;
-        Ok(Entry { seq: body.seq, at: body.at, hash: hex::encode(hash), event: body.event })
+        Ok(Entry {
+            seq: body.seq,
+            at: body.at,
+            hash: hex::encode(hash),
+            event: body.event,
+        })
     }
 }
 
@@ -200,7 +238,9 @@ mod tests {
     use super::*;
 
     fn key(n: u8) -> Event {
-        Event::KeyCreated { kid: format!("k{n}") }
+        Event::KeyCreated {
+            kid: format!("k{n}"),
+        }
     }
 
     fn chain(n: u8) -> Vec<Vec<u8>> {
@@ -218,8 +258,11 @@ mod tests {
     fn a_sealed_chain_verifies_and_decodes() {
         let records = chain(3);
         let mut v = Verifier::new();
-        let entries: Vec<Entry> =
-            records.iter().enumerate().map(|(i, r)| v.check(i as u64, r).unwrap()).collect();
+        let entries: Vec<Entry> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| v.check(i as u64, r).unwrap())
+            .collect();
         assert_eq!(entries[2].event, key(2));
         assert_eq!(entries[2].at, 1002);
         assert_eq!(v.next_seq(), 3);
@@ -254,6 +297,12 @@ mod tests {
         let records = chain(3);
         let mut v = Verifier::new();
         v.check(0, &records[0]).unwrap();
-        assert_eq!(v.check(2, &records[2]), Err(ChainError::Sequence { expected: 1, found: 2 }));
+        assert_eq!(
+            v.check(2, &records[2]),
+            Err(ChainError::Sequence {
+                expected: 1,
+                found: 2
+            })
+        );
     }
 }

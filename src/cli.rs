@@ -35,7 +35,10 @@ pub struct CliError {
 
 impl CliError {
     fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        Self { code, error: error.into() }
+        Self {
+            code,
+            error: error.into(),
+        }
     }
 }
 
@@ -55,7 +58,11 @@ fn no(e: impl Into<anyhow::Error>) -> CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "stepgate", version, about = "Task-bounded tokens for AI agents: each workflow step gets a short-lived token scoped to its action, decided by Cedar policy, with step-ups reviewed in batches and every decision in a hash-chained log.")]
+#[command(
+    name = "stepgate",
+    version,
+    about = "Task-bounded tokens for AI agents: each workflow step gets a short-lived token scoped to its action, decided by Cedar policy, with step-ups reviewed in batches and every decision in a hash-chained log."
+)]
 /// Top-level arguments.
 pub struct Cli {
     #[command(subcommand)]
@@ -198,14 +205,28 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Validate { file, json } => validate(&file, json),
         Command::Plan { file, policy, json } => plan(&file, &policy, json),
         Command::Demo(args) => run_demo(args).await,
-        Command::Keys { command: KeysCommand::Jwks { data } } => jwks(&data),
-        Command::Token { command: TokenCommand::Verify { token, jwks, aud, iss, json } } => {
-            verify_token(&token, &jwks, &aud, &iss, json)
-        }
+        Command::Keys {
+            command: KeysCommand::Jwks { data },
+        } => jwks(&data),
+        Command::Token {
+            command:
+                TokenCommand::Verify {
+                    token,
+                    jwks,
+                    aud,
+                    iss,
+                    json,
+                },
+        } => verify_token(&token, &jwks, &aud, &iss, json),
         Command::Audit { command } => match command {
             AuditCommand::Verify { data, json } => audit_verify(&data, json),
             AuditCommand::Timeline { data, run, json } => audit_timeline(&data, run, json),
-            AuditCommand::Tokens { data, at, scope, json } => audit_tokens(&data, at.as_deref(), scope.as_deref(), json),
+            AuditCommand::Tokens {
+                data,
+                at,
+                scope,
+                json,
+            } => audit_tokens(&data, at.as_deref(), scope.as_deref(), json),
         },
     }
 }
@@ -217,13 +238,22 @@ fn validate(file: &Path, json: bool) -> Result<(), CliError> {
                 let out = json!({"valid": true, "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps().len(), "digest": wf.digest()});
                 println!("{out}");
             } else {
-                println!("{}: valid — workflow `{}`, {} steps, {}", file.display(), wf.name, wf.steps().len(), wf.digest());
+                println!(
+                    "{}: valid — workflow `{}`, {} steps, {}",
+                    file.display(),
+                    wf.name,
+                    wf.steps().len(),
+                    wf.digest()
+                );
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!("{}", json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()}));
+                println!(
+                    "{}",
+                    json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()})
+                );
             }
             Err(input(e))
         }
@@ -232,23 +262,43 @@ fn validate(file: &Path, json: bool) -> Result<(), CliError> {
 
 fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
     let wf = Workflow::load(file).map_err(input)?;
-    let policy = PolicySet::load(policy, wf.steps().iter().map(|s| s.action.as_str())).map_err(input)?;
+    let policy =
+        PolicySet::load(policy, wf.steps().iter().map(|s| s.action.as_str())).map_err(input)?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
     let (plan, _) = preview(&wf, &policy, "plan", now);
     if json {
         println!("{}", serde_json::to_string_pretty(&plan).map_err(no)?);
         return Ok(());
     }
-    println!("plan for `{}` ({}) under {} ({})", plan.workflow, plan.workflow_digest, policy.source(), plan.policy_digest);
+    println!(
+        "plan for `{}` ({}) under {} ({})",
+        plan.workflow,
+        plan.workflow_digest,
+        policy.source(),
+        plan.policy_digest
+    );
     println!();
-    let width = plan.steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
-    println!("  {:<width$}  {:<8}  {:<8}  {}", "step", "risk", "decision", "policies / reason");
+    let width = plan
+        .steps
+        .iter()
+        .map(|s| s.step.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:<8}  {:<8}  {}",
+        "step", "risk", "decision", "policies / reason"
+    );
     for s in &plan.steps {
         let label = match &s.decision.outcome {
             Outcome::StepUp { group } => format!("step-up → {group}"),
             other => other.label().to_string(),
         };
-        let why = if s.decision.policy_ids.is_empty() { s.decision.reason.clone() } else { s.decision.policy_ids.join(", ") };
+        let why = if s.decision.policy_ids.is_empty() {
+            s.decision.reason.clone()
+        } else {
+            s.decision.policy_ids.join(", ")
+        };
         println!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label);
     }
     println!();
@@ -256,11 +306,19 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         println!("review batches: none — no step needs review");
     }
     for (i, b) in plan.batches.iter().enumerate() {
-        println!("review batch {}: group `{}` reviews {} together", i + 1, b.group, b.steps.join(" → "));
+        println!(
+            "review batch {}: group `{}` reviews {} together",
+            i + 1,
+            b.group,
+            b.steps.join(" → ")
+        );
     }
     if plan.denied() > 0 {
         println!();
-        println!("{} step(s) would be denied; a run would stop there", plan.denied());
+        println!(
+            "{} step(s) would be denied; a run would stop there",
+            plan.denied()
+        );
     }
     Ok(())
 }
@@ -271,46 +329,91 @@ async fn run_demo(args: DemoArgs) -> Result<(), CliError> {
         (_, true) => ReviewMode::Deny,
         _ => ReviewMode::Prompt,
     };
-    let reviewer = args.reviewer.as_deref().map(SpiffeId::parse).transpose().map_err(|e| input(anyhow::anyhow!("--reviewer: {e}")))?;
-    let opts = demo::Options { example: args.example, data: args.data, review, reviewer };
+    let reviewer = args
+        .reviewer
+        .as_deref()
+        .map(SpiffeId::parse)
+        .transpose()
+        .map_err(|e| input(anyhow::anyhow!("--reviewer: {e}")))?;
+    let opts = demo::Options {
+        example: args.example,
+        data: args.data,
+        review,
+        reviewer,
+    };
     let outcome = demo::run(opts).await.map_err(|e| {
-        let code = if e.downcast_ref::<crate::store::StoreError>().is_some() { 3 } else { 2 };
+        let code = if e.downcast_ref::<crate::store::StoreError>().is_some() {
+            3
+        } else {
+            2
+        };
         CliError::new(code, e)
     })?;
     if outcome.status != RunStatus::Completed {
         return Err(no(anyhow::anyhow!("run {} did not complete", outcome.run)));
     }
     if !outcome.findings.is_empty() {
-        return Err(no(anyhow::anyhow!("the audit found {} problem(s)", outcome.findings.len())));
+        return Err(no(anyhow::anyhow!(
+            "the audit found {} problem(s)",
+            outcome.findings.len()
+        )));
     }
     Ok(())
 }
 
 fn jwks(data: &Path) -> Result<(), CliError> {
     let store = Store::open(data).map_err(env)?;
-    let secret = store
-        .key(SIGNING_KEY)
-        .map_err(env)?
-        .ok_or_else(|| input(anyhow::anyhow!("{}: no signing key yet; it is created when the engine first starts", data.display())))?;
-    let secret: [u8; 32] = secret.as_slice().try_into().map_err(|_| env(anyhow::anyhow!("{}: the signing key is damaged", data.display())))?;
+    let secret = store.key(SIGNING_KEY).map_err(env)?.ok_or_else(|| {
+        input(anyhow::anyhow!(
+            "{}: no signing key yet; it is created when the engine first starts",
+            data.display()
+        ))
+    })?;
+    let secret: [u8; 32] = secret.as_slice().try_into().map_err(|_| {
+        env(anyhow::anyhow!(
+            "{}: the signing key is damaged",
+            data.display()
+        ))
+    })?;
     let key = KeyPair::from_secret_bytes(secret);
-    let jwks = Jwks { keys: vec![key.public_jwk()] };
+    let jwks = Jwks {
+        keys: vec![key.public_jwk()],
+    };
     println!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?);
     Ok(())
 }
 
-fn verify_token(token: &str, jwks_path: &Path, aud: &str, iss: &str, json: bool) -> Result<(), CliError> {
+fn verify_token(
+    token: &str,
+    jwks_path: &Path,
+    aud: &str,
+    iss: &str,
+    json: bool,
+) -> Result<(), CliError> {
     let token = if token == "-" {
         let mut s = String::new();
-        std::io::stdin().take(64 * 1024).read_to_string(&mut s).map_err(input)?;
+        std::io::stdin()
+            .take(64 * 1024)
+            .read_to_string(&mut s)
+            .map_err(input)?;
         s.trim().to_string()
     } else {
         token.to_string()
     };
-    let text = std::fs::read_to_string(jwks_path).map_err(|e| input(anyhow::anyhow!("{}: cannot read: {e}", jwks_path.display())))?;
-    let jwks: Jwks = serde_json::from_str(&text).map_err(|e| input(anyhow::anyhow!("{}: not a JWKS: {e}", jwks_path.display())))?;
+    let text = std::fs::read_to_string(jwks_path)
+        .map_err(|e| input(anyhow::anyhow!("{}: cannot read: {e}", jwks_path.display())))?;
+    let jwks: Jwks = serde_json::from_str(&text)
+        .map_err(|e| input(anyhow::anyhow!("{}: not a JWKS: {e}", jwks_path.display())))?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
-    match token::verify(&token, &jwks, &VerifyOptions { issuer: iss, audience: aud, now }) {
+    match token::verify(
+        &token,
+        &jwks,
+        &VerifyOptions {
+            issuer: iss,
+            audience: aud,
+            now,
+        },
+    ) {
         Ok(claims) => {
             if json {
                 println!("{}", json!({"valid": true, "claims": claims}));
@@ -333,10 +436,19 @@ fn audit_verify(data: &Path, json: bool) -> Result<(), CliError> {
     match audit::verify(data) {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"ok": report.findings.is_empty(), "report": report})).map_err(no)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"ok": report.findings.is_empty(), "report": report})
+                    )
+                    .map_err(no)?
+                );
             } else {
                 println!("chain ok: {} events, head {}", report.events, report.head);
-                println!("{} runs, {} batches, {} tokens", report.runs, report.batches, report.tokens);
+                println!(
+                    "{} runs, {} batches, {} tokens",
+                    report.runs, report.batches, report.tokens
+                );
                 for f in &report.findings {
                     println!("FINDING: {f}");
                 }
@@ -349,7 +461,10 @@ fn audit_verify(data: &Path, json: bool) -> Result<(), CliError> {
         }
         Err(audit::AuditError::Chain(e)) => {
             if json {
-                println!("{}", json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
+                );
             }
             Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
         }
@@ -365,34 +480,59 @@ fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<()
     })?;
     let lines = audit::timeline(&entries, run);
     if run.is_some() && lines.is_empty() {
-        return Err(input(anyhow::anyhow!("no events for run {}", run.unwrap_or_default())));
+        return Err(input(anyhow::anyhow!(
+            "no events for run {}",
+            run.unwrap_or_default()
+        )));
     }
     for line in &lines {
         if json {
             println!("{}", serde_json::to_string(line).map_err(no)?);
         } else {
-            println!("{}  #{:<5} {}", audit::fmt_time(line.at), line.seq, line.text);
+            println!(
+                "{}  #{:<5} {}",
+                audit::fmt_time(line.at),
+                line.seq,
+                line.text
+            );
         }
     }
     Ok(())
 }
 
-fn audit_tokens(data: &Path, at: Option<&str>, scope: Option<&str>, json: bool) -> Result<(), CliError> {
+fn audit_tokens(
+    data: &Path,
+    at: Option<&str>,
+    scope: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
     let entries = audit::read_verified(data).map_err(no)?;
-    let engine = crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
+    let engine =
+        crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
     let state = engine.state();
     let tokens: Vec<_> = match at {
         Some(t) => {
-            let ms = audit::parse_time(t).ok_or_else(|| input(anyhow::anyhow!("--at `{t}`: expected YYYY-MM-DDTHH:MM:SSZ or ms since the epoch")))?;
+            let ms = audit::parse_time(t).ok_or_else(|| {
+                input(anyhow::anyhow!(
+                    "--at `{t}`: expected YYYY-MM-DDTHH:MM:SSZ or ms since the epoch"
+                ))
+            })?;
             audit::live_tokens(state, ms, scope)
         }
-        None => state.tokens.values().filter(|t| scope.is_none_or(|s| t.scopes.iter().any(|x| x == s))).collect(),
+        None => state
+            .tokens
+            .values()
+            .filter(|t| scope.is_none_or(|s| t.scopes.iter().any(|x| x == s)))
+            .collect(),
     };
     for t in tokens {
         if json {
             println!("{}", serde_json::to_string(t).map_err(no)?);
         } else {
-            let approval = t.approval.map(|b| format!(" approval {b}")).unwrap_or_default();
+            let approval = t
+                .approval
+                .map(|b| format!(" approval {b}"))
+                .unwrap_or_default();
             println!(
                 "{}  {} → {}  run {} step `{}` {} [{}] aud {}{approval}",
                 t.jti,

@@ -91,49 +91,84 @@ impl<T: Transport> AgentClient<T> {
         loop {
             // Subscribe before asking, so a decision that lands between
             // the answer and the wait is not missed.
-            let mut events = self.transport.events();
+            let events = self.transport.events();
             let reply = self.request_token(run, step, scopes, intent).await?;
             let TokenReply::Pending { batch, .. } = reply else {
                 return Ok(reply);
             };
-            let closed = async {
-                loop {
-                    match events.recv().await {
-                        Ok(entry) if closes(&entry.event, batch, run) => return true,
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return false,
-                    }
-                }
-            };
-            match tokio::time::timeout(wait, closed).await {
-                Ok(true) => continue,
-                Ok(false) => return Err(BusError::Closed.into()),
-                Err(_) => return Err(ClientError::ReviewTimeout { batch, secs: wait.as_secs() }),
-            }
+            await_batch(events, run, batch, wait).await?;
         }
     }
 
     /// Reports the step done; its token is revoked.
-    pub async fn complete(&self, run: Uuid, step: &str, summary: &str) -> Result<StepReply, ClientError> {
-        let request =
-            Request::CompleteStep { run, step: step.to_string(), svid: self.svid.clone(), summary: summary.to_string() };
+    pub async fn complete(
+        &self,
+        run: Uuid,
+        step: &str,
+        summary: &str,
+    ) -> Result<StepReply, ClientError> {
+        let request = Request::CompleteStep {
+            run,
+            step: step.to_string(),
+            svid: self.svid.clone(),
+            summary: summary.to_string(),
+        };
         expect_reply!(self.transport.call(request).await?, Step, "complete_step")
     }
 
     /// Reports the step failed; the run fails.
-    pub async fn fail(&self, run: Uuid, step: &str, reason: &str) -> Result<StepReply, ClientError> {
-        let request = Request::FailStep { run, step: step.to_string(), svid: self.svid.clone(), reason: reason.to_string() };
+    pub async fn fail(
+        &self,
+        run: Uuid,
+        step: &str,
+        reason: &str,
+    ) -> Result<StepReply, ClientError> {
+        let request = Request::FailStep {
+            run,
+            step: step.to_string(),
+            svid: self.svid.clone(),
+            reason: reason.to_string(),
+        };
         expect_reply!(self.transport.call(request).await?, Step, "fail_step")
+    }
+}
+
+/// Waits on `events` (subscribed before the pending answer arrived) until
+/// `batch` of `run` is decided or closed, or `wait` passes.
+pub async fn await_batch(
+    mut events: tokio::sync::broadcast::Receiver<crate::chain::Entry>,
+    run: Uuid,
+    batch: Uuid,
+    wait: Duration,
+) -> Result<(), ClientError> {
+    let closed = async {
+        loop {
+            match events.recv().await {
+                Ok(entry) if closes(&entry.event, batch, run) => return true,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    };
+    match tokio::time::timeout(wait, closed).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BusError::Closed.into()),
+        Err(_) => Err(ClientError::ReviewTimeout {
+            batch,
+            secs: wait.as_secs(),
+        }),
     }
 }
 
 /// True when `event` ends the wait on `batch` of `run`.
 fn closes(event: &Event, batch: Uuid, run: Uuid) -> bool {
     match event {
-        Event::BatchDecided { batch: b, .. } | Event::BatchExpired { batch: b, .. } | Event::BatchWithdrawn { batch: b, .. } => {
-            *b == batch
-        }
-        Event::RunCancelled { run: r, .. } | Event::RunFailed { run: r, .. } | Event::RunPaused { run: r, .. } => *r == run,
+        Event::BatchDecided { batch: b, .. }
+        | Event::BatchExpired { batch: b, .. }
+        | Event::BatchWithdrawn { batch: b, .. } => *b == batch,
+        Event::RunCancelled { run: r, .. }
+        | Event::RunFailed { run: r, .. }
+        | Event::RunPaused { run: r, .. } => *r == run,
         _ => false,
     }
 }
@@ -151,19 +186,40 @@ impl<T: Transport> Client<T> {
     }
 
     /// Starts a run of the workflow text as the holder of `svid`.
-    pub async fn start_run(&self, svid: &str, workflow: &str) -> Result<RunStartedReply, ClientError> {
-        let request = Request::StartRun { svid: svid.to_string(), workflow: workflow.to_string() };
+    pub async fn start_run(
+        &self,
+        svid: &str,
+        workflow: &str,
+    ) -> Result<RunStartedReply, ClientError> {
+        let request = Request::StartRun {
+            svid: svid.to_string(),
+            workflow: workflow.to_string(),
+        };
         expect_reply!(self.transport.call(request).await?, RunStarted, "start_run")
     }
 
     /// A run's status.
     pub async fn run(&self, run: Uuid) -> Result<RunView, ClientError> {
-        expect_reply!(self.transport.call(Request::RunStatus { run }).await?, Run, "run_status").map(|b| *b)
+        expect_reply!(
+            self.transport.call(Request::RunStatus { run }).await?,
+            Run,
+            "run_status"
+        )
+        .map(|b| *b)
     }
 
     /// Cancels a run as the holder of `svid`.
-    pub async fn cancel(&self, run: Uuid, svid: &str, reason: &str) -> Result<Vec<Uuid>, ClientError> {
-        let request = Request::CancelRun { run, svid: svid.to_string(), reason: reason.to_string() };
+    pub async fn cancel(
+        &self,
+        run: Uuid,
+        svid: &str,
+        reason: &str,
+    ) -> Result<Vec<Uuid>, ClientError> {
+        let request = Request::CancelRun {
+            run,
+            svid: svid.to_string(),
+            reason: reason.to_string(),
+        };
         match self.transport.call(request).await? {
             Response::Cancelled { revoked } => Ok(revoked),
             _ => Err(BusError::Unexpected("cancel_run").into()),
@@ -177,8 +233,14 @@ impl<T: Transport> Client<T> {
 
     /// RFC 7662 introspection.
     pub async fn introspect(&self, token: &str) -> Result<Introspection, ClientError> {
-        let request = Request::Introspect { token: token.to_string() };
-        expect_reply!(self.transport.call(request).await?, Introspection, "introspect")
+        let request = Request::Introspect {
+            token: token.to_string(),
+        };
+        expect_reply!(
+            self.transport.call(request).await?,
+            Introspection,
+            "introspect"
+        )
     }
 }
 
@@ -226,6 +288,10 @@ impl<T: Transport> ReviewerClient<T> {
             binding: binding.to_string(),
             comment: comment.map(str::to_string),
         };
-        expect_reply!(self.transport.call(request).await?, Decision, "decide_batch")
+        expect_reply!(
+            self.transport.call(request).await?,
+            Decision,
+            "decide_batch"
+        )
     }
 }

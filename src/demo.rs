@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::bus::{InProcess, Transport as _};
-use crate::client::{AgentClient, Client, ReviewerClient};
+use crate::client::{await_batch, AgentClient, Client, ReviewerClient};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Config, DecisionReply, RunStatus, TokenReply};
 use crate::guard::Guard;
@@ -83,10 +83,19 @@ struct Example {
 fn load_example(dir: &Path) -> anyhow::Result<Example> {
     let wf_path = dir.join("workflow.yaml");
     let workflow = Workflow::load(&wf_path)?;
-    let workflow_text = std::fs::read_to_string(&wf_path).with_context(|| format!("{}: cannot read", wf_path.display()))?;
-    let policy = PolicySet::load(&dir.join("policy.cedar"), workflow.steps().iter().map(|s| s.action.as_str()))?;
+    let workflow_text = std::fs::read_to_string(&wf_path)
+        .with_context(|| format!("{}: cannot read", wf_path.display()))?;
+    let policy = PolicySet::load(
+        &dir.join("policy.cedar"),
+        workflow.steps().iter().map(|s| s.action.as_str()),
+    )?;
     let reviewers = Reviewers::load(&dir.join("reviewers.yaml"))?;
-    Ok(Example { workflow, workflow_text, policy, reviewers })
+    Ok(Example {
+        workflow,
+        workflow_text,
+        policy,
+        reviewers,
+    })
 }
 
 fn dev_trust_domain(store: &Store, name: &str) -> anyhow::Result<DevTrustDomain> {
@@ -123,11 +132,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     let domain = requester.trust_domain().to_string();
     for step in example.workflow.steps() {
         if step.agent.trust_domain() != domain {
-            bail!("step `{}`: agent `{}` is outside the demo trust domain `{domain}`", step.id, step.agent);
+            bail!(
+                "step `{}`: agent `{}` is outside the demo trust domain `{domain}`",
+                step.id,
+                step.agent
+            );
         }
     }
 
-    std::fs::create_dir_all(&opts.data).with_context(|| format!("{}: cannot create data directory", opts.data.display()))?;
+    std::fs::create_dir_all(&opts.data)
+        .with_context(|| format!("{}: cannot create data directory", opts.data.display()))?;
     let store = Store::open(&opts.data)?;
     let td = dev_trust_domain(&store, &domain)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -139,7 +153,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         engine: config.clone(),
         tick: Duration::from_millis(500),
     };
-    let players = Players { td, clock: clock.clone(), audience: config.svid_audience.clone() };
+    let players = Players {
+        td,
+        clock: clock.clone(),
+        audience: config.svid_audience.clone(),
+    };
     let handle = service::start(store, settings, clock.clone()).await?;
     let transport = InProcess::new(handle.clone());
 
@@ -154,29 +172,52 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
 
     let report = audit::verify(&opts.data)?;
     println!();
-    println!("audit  chain of {} events verified; head {}", report.events, report.head);
+    println!(
+        "audit  chain of {} events verified; head {}",
+        report.events, report.head
+    );
     if report.findings.is_empty() {
         println!("audit  every elevated token carries an approval of its own step");
     }
     for f in &report.findings {
         println!("audit  FINDING: {f}");
     }
-    println!("       replay offline: stepgate audit timeline --data {} --run {run}", opts.data.display());
-    Ok(Outcome { run, status, events: report.events, findings: report.findings })
+    println!(
+        "       replay offline: stepgate audit timeline --data {} --run {run}",
+        opts.data.display()
+    );
+    Ok(Outcome {
+        run,
+        status,
+        events: report.events,
+        findings: report.findings,
+    })
 }
 
 fn print_header(example: &Example, opts: &Options, kid: &str) {
     let wf = &example.workflow;
     println!("stepgate demo — {} ({} steps)", wf.name, wf.steps().len());
-    println!("  workflow  {} {}", opts.example.join("workflow.yaml").display(), wf.digest());
-    println!("  policy    {} {}", example.policy.source(), example.policy.digest());
+    println!(
+        "  workflow  {} {}",
+        opts.example.join("workflow.yaml").display(),
+        wf.digest()
+    );
+    println!(
+        "  policy    {} {}",
+        example.policy.source(),
+        example.policy.digest()
+    );
     println!("  data      {} (signing key {kid})", opts.data.display());
     println!();
 }
 
 async fn print_events(mut rx: tokio::sync::broadcast::Receiver<crate::chain::Entry>) {
     while let Ok(entry) = rx.recv().await {
-        println!("    log #{:<4} {}", entry.seq, audit::describe(&entry.event));
+        println!(
+            "    log #{:<4} {}",
+            entry.seq,
+            audit::describe(&entry.event)
+        );
     }
 }
 
@@ -189,28 +230,47 @@ async fn play(
     config: &Config,
 ) -> anyhow::Result<(Uuid, RunStatus)> {
     let client = Client::new(transport.clone());
-    let started = client.start_run(&players.svid(requester)?, &example.workflow_text).await?;
+    let started = client
+        .start_run(&players.svid(requester)?, &example.workflow_text)
+        .await?;
     let run = started.run;
-    println!("run {run} started by {requester}; {} review batch(es) opened", started.batches.len());
+    println!(
+        "run {run} started by {requester}; {} review batch(es) opened",
+        started.batches.len()
+    );
     settle().await;
 
     let jwks = client.jwks().await?;
     let total = example.workflow.steps().len();
     for (index, step) in example.workflow.topo_order().enumerate() {
         println!();
-        println!("[{}/{total}] step `{}` — {} on {}", index + 1, step.id, step.action, step.resource);
+        println!(
+            "[{}/{total}] step `{}` — {} on {}",
+            index + 1,
+            step.id,
+            step.action,
+            step.resource
+        );
         println!("      agent   {}", step.agent);
         println!("      intent  {}", step.intent);
         let agent = AgentClient::new(transport.clone(), players.svid(&step.agent)?);
         let scopes = step.scopes.to_strings();
 
-        let first = agent.request_token(run, &step.id, &scopes, Some(&step.intent)).await?;
+        let events = transport.events();
+        let first = agent
+            .request_token(run, &step.id, &scopes, Some(&step.intent))
+            .await?;
         settle().await;
         let reply = match first {
             TokenReply::Pending { batch, group } => {
                 println!("      pending review by `{group}` (batch {batch}); the agent waits for the decision");
                 let reviewer_task = review(opts, players, transport, batch, &group, example);
-                let waiting = agent.token(run, &step.id, &scopes, Some(&step.intent), Duration::from_secs(900));
+                let waiting = async {
+                    await_batch(events, run, batch, Duration::from_secs(900)).await?;
+                    agent
+                        .request_token(run, &step.id, &scopes, Some(&step.intent))
+                        .await
+                };
                 let (decided, reply) = tokio::join!(reviewer_task, waiting);
                 decided?;
                 reply?
@@ -219,28 +279,55 @@ async fn play(
         };
         settle().await;
         match reply {
-            TokenReply::Issued { token, jti, exp, scopes, approval } => {
-                let approval = approval.map(|b| format!(" (approved in batch {b})")).unwrap_or_default();
-                println!("      token   {jti} [{}] until {}{approval}", scopes.join(" "), audit::fmt_time(exp));
-                let guard = Guard { issuer: config.issuer.clone(), audience: step.resource.clone(), jwks: jwks.clone() };
+            TokenReply::Issued {
+                token,
+                jti,
+                exp,
+                scopes,
+                approval,
+            } => {
+                let approval = approval
+                    .map(|b| format!(" (approved in batch {b})"))
+                    .unwrap_or_default();
+                println!(
+                    "      token   {jti} [{}] until {}{approval}",
+                    scopes.join(" "),
+                    audit::fmt_time(exp)
+                );
+                let guard = Guard {
+                    issuer: config.issuer.clone(),
+                    audience: step.resource.clone(),
+                    jwks: jwks.clone(),
+                };
                 let scope = scopes.first().cloned().unwrap_or_default();
                 let now = players.clock.now() / 1000;
                 let status = client.introspect(&token).await?;
                 match guard.check(&token, &scope, now, &status) {
-                    Ok(_) => println!("      tool    accepted the token for `{scope}`; doing the work"),
+                    Ok(_) => {
+                        println!("      tool    accepted the token for `{scope}`; doing the work")
+                    }
                     Err(e) => bail!("step `{}`: the tool refused a fresh token: {e}", step.id),
                 }
-                agent.complete(run, &step.id, &format!("{} done", step.action)).await?;
+                agent
+                    .complete(run, &step.id, &format!("{} done", step.action))
+                    .await?;
                 settle().await;
                 let status = client.introspect(&token).await?;
                 match guard.check(&token, &scope, players.clock.now() / 1000, &status) {
-                    Err(e) => println!("      replay  the same token after the step: refused — {e}"),
-                    Ok(_) => bail!("step `{}`: a token was still accepted after its step ended", step.id),
+                    Err(e) => {
+                        println!("      replay  the same token after the step: refused — {e}")
+                    }
+                    Ok(_) => bail!(
+                        "step `{}`: a token was still accepted after its step ended",
+                        step.id
+                    ),
                 }
             }
             TokenReply::Denied { reason, .. } => {
                 println!("      denied  {reason}");
-                agent.fail(run, &step.id, &format!("no token: {reason}")).await?;
+                agent
+                    .fail(run, &step.id, &format!("no token: {reason}"))
+                    .await?;
                 settle().await;
                 break;
             }
@@ -259,7 +346,10 @@ async fn play(
     }
     let view = client.run(run).await?;
     println!();
-    println!("run {run} {}", serde_json::to_string(&view.status)?.trim_matches('"'));
+    println!(
+        "run {run} {}",
+        serde_json::to_string(&view.status)?.trim_matches('"')
+    );
     Ok((run, view.status))
 }
 
@@ -292,24 +382,54 @@ async fn review(
     let approve = match opts.review {
         ReviewMode::Approve => true,
         ReviewMode::Deny => false,
-        ReviewMode::Prompt => ask(&format!("      approve all {} step(s) as {reviewer_id}? [y/N] ", view.items.len())).await?,
+        ReviewMode::Prompt => {
+            ask(&format!(
+                "      approve all {} step(s) as {reviewer_id}? [y/N] ",
+                view.items.len()
+            ))
+            .await?
+        }
     };
-    let comment = if approve { "reviewed in the demo" } else { "denied in the demo" };
-    match reviewer.decide(batch, &view.binding, approve, Some(comment)).await? {
+    let comment = if approve {
+        "reviewed in the demo"
+    } else {
+        "denied in the demo"
+    };
+    match reviewer
+        .decide(batch, &view.binding, approve, Some(comment))
+        .await?
+    {
         DecisionReply::Applied { approved, .. } => {
-            println!("      review  batch {} by {reviewer_id}", if approved { "APPROVED" } else { "DENIED" });
+            println!(
+                "      review  batch {} by {reviewer_id}",
+                if approved { "APPROVED" } else { "DENIED" }
+            );
             Ok(())
         }
-        DecisionReply::Refused { kind, reason } => bail!("the decision was refused ({}): {reason}", kind.as_str()),
+        DecisionReply::Refused { kind, reason } => {
+            bail!("the decision was refused ({}): {reason}", kind.as_str())
+        }
     }
 }
 
 fn show_batch(view: &BatchView, reviewer: &SpiffeId) {
     println!();
-    println!("      ┌ review batch {} — group `{}`, reviewer {reviewer}", view.batch, view.group);
-    println!("      │ run {} of `{}` requested by {}", view.run, view.workflow, view.requester);
+    println!(
+        "      ┌ review batch {} — group `{}`, reviewer {reviewer}",
+        view.batch, view.group
+    );
+    println!(
+        "      │ run {} of `{}` requested by {}",
+        view.run, view.workflow, view.requester
+    );
     for item in &view.items {
-        println!("      │ • {} ({} risk): {} on {}", item.step, item.risk.as_str(), item.action, item.resource);
+        println!(
+            "      │ • {} ({} risk): {} on {}",
+            item.step,
+            item.risk.as_str(),
+            item.action,
+            item.resource
+        );
         println!("      │     scopes  {}", item.scopes.join(" "));
         println!("      │     intent  {}", item.intent);
         println!("      │     policy  {}", item.policy_ids.join(", "));

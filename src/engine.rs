@@ -8,7 +8,10 @@ pub mod core;
 pub mod state;
 
 pub use self::core::{
-    Config, DecisionReply, Engine, EngineError, Env, Ids, Minter, RefuseKind, RejectKind, ReviewDecision,
-    RunStartedReply, SeqIds, StepReply, TokenReply, TokenRequest, V7Ids,
+    Config, DecisionReply, Engine, EngineError, Env, Ids, Minter, RefuseKind, RejectKind,
+    ReviewDecision, RunStartedReply, SeqIds, StepReply, TokenReply, TokenRequest, V7Ids,
 };
-pub use self::state::{ApplyError, Batch, BatchStatus, Run, RunStatus, State, StepState, StepStatus, TokenRecord, TokenStatus};
+pub use self::state::{
+    ApplyError, Batch, BatchStatus, Run, RunStatus, State, StepState, StepStatus, TokenRecord,
+    TokenStatus,
+};

@@ -39,8 +39,18 @@ pub struct Guard {
 impl Guard {
     /// Checks `token` for an action that needs `scope`, at `now` (seconds),
     /// given stepgate's introspection answer for it.
-    pub fn check(&self, token: &str, scope: &str, now: i64, status: &Introspection) -> Result<StepClaims, GuardError> {
-        let opts = VerifyOptions { issuer: &self.issuer, audience: &self.audience, now };
+    pub fn check(
+        &self,
+        token: &str,
+        scope: &str,
+        now: i64,
+        status: &Introspection,
+    ) -> Result<StepClaims, GuardError> {
+        let opts = VerifyOptions {
+            issuer: &self.issuer,
+            audience: &self.audience,
+            now,
+        };
         let claims = verify(token, &self.jwks, &opts)?;
         if !claims.scope.split(' ').any(|s| s == scope) {
             return Err(GuardError::MissingScope(scope.to_string()));

@@ -59,13 +59,21 @@ pub struct BatchPlan {
 impl Plan {
     /// Number of steps whose preview is deny.
     pub fn denied(&self) -> usize {
-        self.steps.iter().filter(|s| s.decision.outcome == Outcome::Deny).count()
+        self.steps
+            .iter()
+            .filter(|s| s.decision.outcome == Outcome::Deny)
+            .count()
     }
 }
 
 /// Previews every step of `workflow` under `policy` at `now` (seconds),
 /// as run `run`.
-pub fn preview(workflow: &Workflow, policy: &PolicySet, run: &str, now: i64) -> (Plan, Vec<PlannedBatch>) {
+pub fn preview(
+    workflow: &Workflow,
+    policy: &PolicySet,
+    run: &str,
+    now: i64,
+) -> (Plan, Vec<PlannedBatch>) {
     let mut steps = vec![];
     let mut stepups = vec![];
     for step in workflow.topo_order() {
@@ -86,7 +94,11 @@ pub fn preview(workflow: &Workflow, policy: &PolicySet, run: &str, now: i64) -> 
         };
         let decision = policy.decide(&facts);
         if let Outcome::StepUp { group } = &decision.outcome {
-            stepups.push(StepUp { step: step.id.clone(), group: group.clone(), policy_ids: decision.policy_ids.clone() });
+            stepups.push(StepUp {
+                step: step.id.clone(),
+                group: group.clone(),
+                policy_ids: decision.policy_ids.clone(),
+            });
         }
         steps.push(PlannedStep {
             step: step.id.clone(),
@@ -102,7 +114,10 @@ pub fn preview(workflow: &Workflow, policy: &PolicySet, run: &str, now: i64) -> 
     let planned = plan_batches(workflow, &stepups);
     let batches = planned
         .iter()
-        .map(|b| BatchPlan { group: b.group.clone(), steps: b.steps.iter().map(|s| s.step.clone()).collect() })
+        .map(|b| BatchPlan {
+            group: b.group.clone(),
+            steps: b.steps.iter().map(|s| s.step.clone()).collect(),
+        })
         .collect();
     let plan = Plan {
         workflow: workflow.name.clone(),

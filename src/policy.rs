@@ -206,7 +206,10 @@ impl PolicySet {
         actions: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, PolicyError> {
         let file = path.display().to_string();
-        let io = |source| PolicyError::Io { file: file.clone(), source };
+        let io = |source| PolicyError::Io {
+            file: file.clone(),
+            source,
+        };
         let size = std::fs::metadata(path).map_err(io)?.len();
         if size > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge { file, size });
@@ -223,10 +226,15 @@ impl PolicySet {
     ) -> Result<Self, PolicyError> {
         let file = source.to_string();
         if text.len() as u64 > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge { file, size: text.len() as u64 });
+            return Err(PolicyError::TooLarge {
+                file,
+                size: text.len() as u64,
+            });
         }
-        let parsed = cedar_policy::PolicySet::from_str(text)
-            .map_err(|e| PolicyError::Syntax { file: file.clone(), message: one_line(&e) })?;
+        let parsed = cedar_policy::PolicySet::from_str(text).map_err(|e| PolicyError::Syntax {
+            file: file.clone(),
+            message: one_line(&e),
+        })?;
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Template { file });
         }
@@ -240,7 +248,12 @@ impl PolicySet {
         if !messages.is_empty() {
             return Err(PolicyError::Invalid { file, messages });
         }
-        Ok(Self { set, review, digest: sha256_text(text), source: file })
+        Ok(Self {
+            set,
+            review,
+            digest: sha256_text(text),
+            source: file,
+        })
     }
 
     /// `sha256:<hex>` of the policy text as loaded.
@@ -272,31 +285,54 @@ impl PolicySet {
     fn evaluate(&self, facts: &Facts<'_>) -> Result<Decision, String> {
         let (request, entities) = build_request(facts)?;
         let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| one_line(e)).collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| one_line(e))
+            .collect();
         if !errors.is_empty() {
             let mut decision = self.deny_on_error(errors.join("; "));
             decision.errors = errors;
             return Ok(decision);
         }
-        let mut ids: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        let mut ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
         ids.sort();
         let (outcome, reason) = match response.decision() {
-            CedarDecision::Deny if ids.is_empty() => (Outcome::Deny, "no policy permits it".to_string()),
+            CedarDecision::Deny if ids.is_empty() => {
+                (Outcome::Deny, "no policy permits it".to_string())
+            }
             CedarDecision::Deny => (Outcome::Deny, format!("forbidden by {}", ids.join(", "))),
             CedarDecision::Allow => self.allow_or_step_up(&ids),
         };
-        Ok(Decision { outcome, policy_ids: ids, errors: vec![], policy_digest: self.digest.clone(), reason })
+        Ok(Decision {
+            outcome,
+            policy_ids: ids,
+            errors: vec![],
+            policy_digest: self.digest.clone(),
+            reason,
+        })
     }
 
     fn allow_or_step_up(&self, ids: &[String]) -> (Outcome, String) {
         // The first reviewing permit in id order names the group, so the
         // choice is stable; any reviewing permit makes it a step-up, since
         // review is the more restrictive reading.
-        let reviewing = ids.iter().find_map(|id| self.review.get(id).map(|g| (id, g)));
+        let reviewing = ids
+            .iter()
+            .find_map(|id| self.review.get(id).map(|g| (id, g)));
         match reviewing {
             Some((id, group)) => (
-                Outcome::StepUp { group: group.clone() },
-                format!("permitted by {} after review by `{group}` (required by {id})", ids.join(", ")),
+                Outcome::StepUp {
+                    group: group.clone(),
+                },
+                format!(
+                    "permitted by {} after review by `{group}` (required by {id})",
+                    ids.join(", ")
+                ),
             ),
             None => (Outcome::Allow, format!("permitted by {}", ids.join(", "))),
         }
@@ -321,7 +357,11 @@ fn rename_by_annotation(
 ) -> Result<(cedar_policy::PolicySet, BTreeMap<String, String>), PolicyError> {
     // Cedar numbers policies `policy0`, `policy1`... in file order.
     let mut policies: Vec<&Policy> = parsed.policies().collect();
-    policies.sort_by_key(|p| p.id().to_string()[6..].parse::<usize>().unwrap_or(usize::MAX));
+    policies.sort_by_key(|p| {
+        p.id().to_string()[6..]
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
 
     let mut set = cedar_policy::PolicySet::new();
     let mut review = BTreeMap::new();
@@ -329,14 +369,20 @@ fn rename_by_annotation(
         let id = policy
             .annotation("id")
             .filter(|id| !id.trim().is_empty())
-            .ok_or(PolicyError::MissingId { file: file.to_string(), position: index + 1 })?
+            .ok_or(PolicyError::MissingId {
+                file: file.to_string(),
+                position: index + 1,
+            })?
             .to_string();
         if let Some(group) = policy.annotation("review") {
             check_review(file, &id, group, policy.effect())?;
             review.insert(id.clone(), group.to_string());
         }
         set.add(policy.new_id(PolicyId::new(&id)))
-            .map_err(|_| PolicyError::DuplicateId { file: file.to_string(), id })?;
+            .map_err(|_| PolicyError::DuplicateId {
+                file: file.to_string(),
+                id,
+            })?;
     }
     Ok((set, review))
 }
@@ -352,7 +398,9 @@ fn check_review(file: &str, id: &str, group: &str, effect: Effect) -> Result<(),
     }
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
     if group.is_empty() || group.len() > 64 || !group.chars().all(ok) {
-        return Err(bad("`@review` must name a reviewer group: 1-64 of a-z 0-9 - _"));
+        return Err(bad(
+            "`@review` must name a reviewer group: 1-64 of a-z 0-9 - _",
+        ));
     }
     Ok(())
 }
@@ -377,8 +425,12 @@ fn actions_named(set: &cedar_policy::PolicySet) -> BTreeSet<String> {
 
 /// The base schema plus one declaration per action.
 fn schema_with_actions(actions: &BTreeSet<String>) -> Result<Schema, PolicyError> {
-    let mut text = BASE_SCHEMA.to_string();
-    text.push_str(&format!("\nnamespace {NAMESPACE} {{\n"));
+    // Declarations go inside the base schema's namespace block: Cedar
+    // refuses a second block of the same namespace.
+    let close = BASE_SCHEMA
+        .rfind('}')
+        .ok_or_else(|| PolicyError::Schema("base schema has no namespace block".into()))?;
+    let mut text = BASE_SCHEMA[..close].to_string();
     for action in actions {
         let escaped = action.replace('\\', "\\\\").replace('"', "\\\"");
         text.push_str(&format!(
@@ -386,7 +438,9 @@ fn schema_with_actions(actions: &BTreeSet<String>) -> Result<Schema, PolicyError
         ));
     }
     text.push_str("}\n");
-    Schema::from_cedarschema_str(&text).map(|(schema, _)| schema).map_err(|e| PolicyError::Schema(one_line(&e)))
+    Schema::from_cedarschema_str(&text)
+        .map(|(schema, _)| schema)
+        .map_err(|e| PolicyError::Schema(one_line(&e)))
 }
 
 fn build_request(facts: &Facts<'_>) -> Result<(Request, Entities), String> {
@@ -398,7 +452,8 @@ fn build_request(facts: &Facts<'_>) -> Result<(Request, Entities), String> {
         "trust_domain".to_string(),
         RestrictedExpression::new_string(facts.agent.trust_domain().to_string()),
     )]);
-    let agent_entity = Entity::new(agent.clone(), attrs, HashSet::new()).map_err(|e| one_line(&e))?;
+    let agent_entity =
+        Entity::new(agent.clone(), attrs, HashSet::new()).map_err(|e| one_line(&e))?;
     let resource_entity = Entity::new_no_attrs(resource.clone(), HashSet::new());
     let entities =
         Entities::from_entities([agent_entity, resource_entity], None).map_err(|e| one_line(&e))?;
@@ -417,16 +472,23 @@ fn context_pairs(facts: &Facts<'_>) -> Vec<(String, RestrictedExpression)> {
         ("workflow".into(), s(facts.workflow)),
         ("workflow_digest".into(), s(facts.workflow_digest)),
         ("risk".into(), s(facts.risk)),
-        ("risk_level".into(), RestrictedExpression::new_long(facts.risk_level)),
+        (
+            "risk_level".into(),
+            RestrictedExpression::new_long(facts.risk_level),
+        ),
         ("intent".into(), s(facts.intent)),
         ("scopes".into(), RestrictedExpression::new_set(scopes)),
-        ("stepups_so_far".into(), RestrictedExpression::new_long(i64::from(facts.stepups_so_far))),
+        (
+            "stepups_so_far".into(),
+            RestrictedExpression::new_long(i64::from(facts.stepups_so_far)),
+        ),
         ("now".into(), RestrictedExpression::new_long(facts.now)),
     ]
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let name = EntityTypeName::from_str(&format!("{NAMESPACE}::{kind}")).map_err(|e| one_line(&e))?;
+    let name =
+        EntityTypeName::from_str(&format!("{NAMESPACE}::{kind}")).map_err(|e| one_line(&e))?;
     Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
 }
 
@@ -437,7 +499,10 @@ pub fn sha256_text(text: &str) -> String {
 
 /// Cedar's errors span lines; events and logs want one.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -507,8 +572,16 @@ mod tests {
             "{PERMIT}\n@id(\"prod-review\")\n@review(\"release-managers\")\npermit (principal, action, resource) when {{ context.scopes.contains(\"deploy:production\") }};"
         );
         let d = decide(&text, "deploy", 2);
-        assert_eq!(d.outcome, Outcome::StepUp { group: "release-managers".into() });
-        assert_eq!(d.policy_ids, vec!["deploy-allowed".to_string(), "prod-review".to_string()]);
+        assert_eq!(
+            d.outcome,
+            Outcome::StepUp {
+                group: "release-managers".into()
+            }
+        );
+        assert_eq!(
+            d.policy_ids,
+            vec!["deploy-allowed".to_string(), "prod-review".to_string()]
+        );
     }
 
     #[test]
@@ -526,10 +599,17 @@ mod tests {
     #[test]
     fn loading_rejects_type_errors_missing_ids_duplicates_and_misplaced_reviews() {
         let typo = r#"@id("a") permit (principal, action, resource) when { context.risk > 2 };"#;
-        assert!(matches!(PolicySet::parse("p.cedar", typo, ["deploy"]), Err(PolicyError::Invalid { .. })));
+        assert!(matches!(
+            PolicySet::parse("p.cedar", typo, ["deploy"]),
+            Err(PolicyError::Invalid { .. })
+        ));
 
-        let unknown_attr = r#"@id("a") permit (principal, action, resource) when { context.team == "x" };"#;
-        assert!(matches!(PolicySet::parse("p.cedar", unknown_attr, ["deploy"]), Err(PolicyError::Invalid { .. })));
+        let unknown_attr =
+            r#"@id("a") permit (principal, action, resource) when { context.team == "x" };"#;
+        assert!(matches!(
+            PolicySet::parse("p.cedar", unknown_attr, ["deploy"]),
+            Err(PolicyError::Invalid { .. })
+        ));
 
         let no_id = "permit (principal, action, resource);";
         assert!(matches!(
@@ -538,18 +618,32 @@ mod tests {
         ));
 
         let dup = r#"@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);"#;
-        assert!(matches!(PolicySet::parse("p.cedar", dup, ["deploy"]), Err(PolicyError::DuplicateId { id, .. }) if id == "a"));
+        assert!(
+            matches!(PolicySet::parse("p.cedar", dup, ["deploy"]), Err(PolicyError::DuplicateId { id, .. }) if id == "a")
+        );
 
         let review_forbid = r#"@id("a") @review("ops") forbid (principal, action, resource);"#;
-        assert!(matches!(PolicySet::parse("p.cedar", review_forbid, ["deploy"]), Err(PolicyError::BadReview { .. })));
+        assert!(matches!(
+            PolicySet::parse("p.cedar", review_forbid, ["deploy"]),
+            Err(PolicyError::BadReview { .. })
+        ));
 
         let bad_group = r#"@id("a") @review("Ops Team") permit (principal, action, resource);"#;
-        assert!(matches!(PolicySet::parse("p.cedar", bad_group, ["deploy"]), Err(PolicyError::BadReview { .. })));
+        assert!(matches!(
+            PolicySet::parse("p.cedar", bad_group, ["deploy"]),
+            Err(PolicyError::BadReview { .. })
+        ));
 
         let syntax = "permit (principal action resource);";
-        assert!(matches!(PolicySet::parse("p.cedar", syntax, ["deploy"]), Err(PolicyError::Syntax { .. })));
+        assert!(matches!(
+            PolicySet::parse("p.cedar", syntax, ["deploy"]),
+            Err(PolicyError::Syntax { .. })
+        ));
 
         let template = r#"@id("t") permit (principal == ?principal, action, resource);"#;
-        assert!(matches!(PolicySet::parse("p.cedar", template, ["deploy"]), Err(PolicyError::Template { .. })));
+        assert!(matches!(
+            PolicySet::parse("p.cedar", template, ["deploy"]),
+            Err(PolicyError::Template { .. })
+        ));
     }
 }

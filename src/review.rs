@@ -90,7 +90,10 @@ impl Reviewers {
     /// ```
     pub fn load(path: &Path) -> Result<Self, ReviewersError> {
         let file = path.display().to_string();
-        let io = |source| ReviewersError::Io { file: file.clone(), source };
+        let io = |source| ReviewersError::Io {
+            file: file.clone(),
+            source,
+        };
         if std::fs::metadata(path).map_err(io)?.len() > MAX_REVIEWERS_BYTES {
             return Err(ReviewersError::TooLarge { file });
         }
@@ -100,8 +103,10 @@ impl Reviewers {
 
     /// Parses reviewers YAML; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ReviewersError> {
-        let doc: ReviewersDoc = serde_yaml::from_str(text)
-            .map_err(|e| ReviewersError::Syntax { file: file.to_string(), message: e.to_string() })?;
+        let doc: ReviewersDoc = serde_yaml::from_str(text).map_err(|e| ReviewersError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
         let mut groups = BTreeMap::new();
         for (group, members) in doc.groups {
             let bad = |message: &str| ReviewersError::Group {
@@ -117,7 +122,10 @@ impl Reviewers {
             }
             groups.insert(group.clone(), members.into_iter().collect());
         }
-        Ok(Self { groups, requester: doc.requester })
+        Ok(Self {
+            groups,
+            requester: doc.requester,
+        })
     }
 
     /// Builds a directory from `(group, members)` pairs.
@@ -126,8 +134,14 @@ impl Reviewers {
         I: IntoIterator<Item = (String, M)>,
         M: IntoIterator<Item = SpiffeId>,
     {
-        let groups = groups.into_iter().map(|(g, m)| (g, m.into_iter().collect())).collect();
-        Self { groups, requester: None }
+        let groups = groups
+            .into_iter()
+            .map(|(g, m)| (g, m.into_iter().collect()))
+            .collect();
+        Self {
+            groups,
+            requester: None,
+        }
     }
 
     /// True when `who` belongs to `group`.
@@ -142,7 +156,10 @@ impl Reviewers {
 
     /// Members of `group`, sorted.
     pub fn members(&self, group: &str) -> Vec<&SpiffeId> {
-        self.groups.get(group).map(|m| m.iter().collect()).unwrap_or_default()
+        self.groups
+            .get(group)
+            .map(|m| m.iter().collect())
+            .unwrap_or_default()
     }
 
     /// Group names, sorted.
@@ -211,7 +228,10 @@ pub fn plan_batches(workflow: &Workflow, stepups: &[StepUp]) -> Vec<PlannedBatch
         let root = find(&mut parent, i);
         batches
             .entry(root)
-            .or_insert_with(|| PlannedBatch { group: stepup.group.clone(), steps: vec![] })
+            .or_insert_with(|| PlannedBatch {
+                group: stepup.group.clone(),
+                steps: vec![],
+            })
             .steps
             .push((*stepup).clone());
     }
@@ -250,12 +270,22 @@ pub fn scope_digest(scopes: &ScopeSet) -> String {
 
 /// The digest a decision must quote: it covers the batch, run, group and
 /// every item as shown.
-pub fn binding_digest(batch: &uuid::Uuid, run: &uuid::Uuid, group: &str, items: &[BatchItem]) -> String {
+pub fn binding_digest(
+    batch: &uuid::Uuid,
+    run: &uuid::Uuid,
+    group: &str,
+    items: &[BatchItem],
+) -> String {
     let mut text = format!("stepgate-batch-v1\n{batch}\n{run}\n{group}\n");
     for item in items {
         text.push_str(&format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n",
-            item.step, item.agent, item.action, item.resource, item.scope_digest, item.intent_digest
+            item.step,
+            item.agent,
+            item.action,
+            item.resource,
+            item.scope_digest,
+            item.intent_digest
         ));
     }
     sha256_text(&text)

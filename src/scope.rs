@@ -54,9 +54,13 @@ impl Scope {
         if s.len() > MAX_SCOPE_LEN {
             return Err(ScopeError::TooLong(s.chars().take(32).collect()));
         }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '_' | '/' | '-');
+        let allowed =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '_' | '/' | '-');
         if let Some(bad) = s.chars().find(|c| !allowed(*c)) {
-            return Err(ScopeError::BadChar { scope: s.to_string(), bad });
+            return Err(ScopeError::BadChar {
+                scope: s.to_string(),
+                bad,
+            });
         }
         Ok(Self(s.to_string()))
     }
@@ -94,7 +98,10 @@ pub struct ScopeSet(BTreeSet<Scope>);
 impl ScopeSet {
     /// Parses a list of scope strings, enforcing [`MAX_SCOPES`].
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, ScopeError> {
-        let scopes = items.iter().map(|s| Scope::parse(s.as_ref())).collect::<Result<Vec<_>, _>>()?;
+        let scopes = items
+            .iter()
+            .map(|s| Scope::parse(s.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::try_from(scopes)
     }
 
@@ -180,23 +187,42 @@ mod tests {
         assert_eq!(Scope::parse(""), Err(ScopeError::Empty));
         assert_eq!(
             Scope::parse("deploy:*"),
-            Err(ScopeError::BadChar { scope: "deploy:*".into(), bad: '*' })
+            Err(ScopeError::BadChar {
+                scope: "deploy:*".into(),
+                bad: '*'
+            })
         );
         assert_eq!(
             Scope::parse("a b"),
-            Err(ScopeError::BadChar { scope: "a b".into(), bad: ' ' })
+            Err(ScopeError::BadChar {
+                scope: "a b".into(),
+                bad: ' '
+            })
         );
         let long = "a".repeat(MAX_SCOPE_LEN + 1);
-        assert_eq!(Scope::parse(&long), Err(ScopeError::TooLong("a".repeat(32))));
+        assert_eq!(
+            Scope::parse(&long),
+            Err(ScopeError::TooLong("a".repeat(32)))
+        );
     }
 
     #[test]
     fn excess_lists_exactly_the_undeclared_scopes() {
         let declared = ScopeSet::parse(&["logs:read", "metrics:read"]).unwrap();
         let asked = ScopeSet::parse(&["logs:read", "service:restart", "db:write"]).unwrap();
-        let excess: Vec<String> = asked.excess_over(&declared).into_iter().map(String::from).collect();
-        assert_eq!(excess, vec!["db:write".to_string(), "service:restart".to_string()]);
-        assert!(ScopeSet::parse(&["logs:read"]).unwrap().excess_over(&declared).is_empty());
+        let excess: Vec<String> = asked
+            .excess_over(&declared)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            excess,
+            vec!["db:write".to_string(), "service:restart".to_string()]
+        );
+        assert!(ScopeSet::parse(&["logs:read"])
+            .unwrap()
+            .excess_over(&declared)
+            .is_empty());
     }
 
     #[test]
@@ -209,6 +235,9 @@ mod tests {
     #[test]
     fn too_many_scopes_is_an_error() {
         let many: Vec<String> = (0..=MAX_SCOPES).map(|i| format!("s{i}")).collect();
-        assert_eq!(ScopeSet::parse(&many), Err(ScopeError::TooMany(MAX_SCOPES + 1)));
+        assert_eq!(
+            ScopeSet::parse(&many),
+            Err(ScopeError::TooMany(MAX_SCOPES + 1))
+        );
     }
 }

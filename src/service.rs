@@ -23,8 +23,8 @@ use crate::bus::Response;
 use crate::chain::Entry;
 use crate::clock::Clock;
 use crate::engine::{
-    Batch, BatchStatus, Config, Engine, EngineError, Env, ReviewDecision, Run, RunStatus, StepStatus,
-    TokenRequest, V7Ids,
+    Batch, BatchStatus, Config, Engine, EngineError, Env, ReviewDecision, Run, RunStatus,
+    StepStatus, TokenRequest, V7Ids,
 };
 use crate::event::{BatchItem, Millis};
 use crate::identity::TrustBundle;
@@ -69,7 +69,9 @@ impl ServiceError {
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::Closed => "unavailable",
-            ServiceError::Store(_) | ServiceError::Replay(_) | ServiceError::BadKey => "unavailable",
+            ServiceError::Store(_) | ServiceError::Replay(_) | ServiceError::BadKey => {
+                "unavailable"
+            }
             ServiceError::BadRequest(_) => "bad_request",
             ServiceError::Engine(e) => match e {
                 EngineError::UnknownRun(_) => "unknown_run",
@@ -219,7 +221,12 @@ impl Handle {
     /// Sends a request and waits for its answer.
     pub async fn dispatch(&self, request: Request) -> Response {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Dispatch(Box::new(request), tx)).await.is_err() {
+        if self
+            .tx
+            .send(Cmd::Dispatch(Box::new(request), tx))
+            .await
+            .is_err()
+        {
             return closed();
         }
         rx.await.unwrap_or_else(|_| closed())
@@ -245,14 +252,21 @@ impl Handle {
 }
 
 fn closed() -> Response {
-    Response::Error { code: "unavailable".into(), message: "the stepgate service is not running".into() }
+    Response::Error {
+        code: "unavailable".into(),
+        message: "the stepgate service is not running".into(),
+    }
 }
 
 /// Starts the service on an opened store.
 ///
 /// Loads (or creates, on first start) the signing key, replays the log
 /// into engine state and spawns the owning task.
-pub async fn start(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> Result<Handle, ServiceError> {
+pub async fn start(
+    store: Store,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Handle, ServiceError> {
     let key = load_or_create_key(&store)?;
     let mut engine = replay(&store)?;
     engine.key_created(clock.now(), key.kid())?;
@@ -265,19 +279,36 @@ pub async fn start(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> R
     spawn(store, engine, key, settings, clock)
 }
 
-fn spawn(store: Store, engine: Engine, key: KeyPair, settings: Settings, clock: Arc<dyn Clock>) -> Result<Handle, ServiceError> {
+fn spawn(
+    store: Store,
+    engine: Engine,
+    key: KeyPair,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Handle, ServiceError> {
     let (tx, rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(4096);
     let kid = key.kid().to_string();
     info!(data = %store.dir().display(), events = store.len(), kid = %kid, "stepgate service started");
-    let actor = Actor { store, engine, key, settings, clock, events: events.clone(), ids: V7Ids };
+    let actor = Actor {
+        store,
+        engine,
+        key,
+        settings,
+        clock,
+        events: events.clone(),
+        ids: V7Ids,
+    };
     tokio::spawn(actor.run(rx));
     Ok(Handle { tx, events, kid })
 }
 
 fn load_or_create_key(store: &Store) -> Result<KeyPair, ServiceError> {
     if let Some(bytes) = store.key(SIGNING_KEY)? {
-        let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| ServiceError::BadKey)?;
+        let secret: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServiceError::BadKey)?;
         return Ok(KeyPair::from_secret_bytes(secret));
     }
     let key = KeyPair::generate(&mut rand_core::OsRng);
@@ -306,13 +337,16 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut ticker = tokio::time::interval(self.settings.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The shutdown ack is sent only after the store is dropped, so the
+        // caller may reopen the data directory at once.
+        let mut done: Option<oneshot::Sender<()>> = None;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None => break,
                     Some(Cmd::Shutdown(ack)) => {
                         self.drain(&mut rx).await;
-                        let _ = ack.send(());
+                        done = Some(ack);
                         break;
                     }
                     Some(Cmd::Dispatch(req, reply)) => {
@@ -328,7 +362,7 @@ impl Actor {
                         self.process(group).await;
                         if let Some(ack) = shutdown {
                             self.drain(&mut rx).await;
-                            let _ = ack.send(());
+                            done = Some(ack);
                             break;
                         }
                     }
@@ -339,7 +373,11 @@ impl Actor {
         if let Err(e) = self.store.flush().await {
             error!(error = %e, "final flush failed");
         }
+        drop(self);
         info!("stepgate service stopped");
+        if let Some(ack) = done {
+            let _ = ack.send(());
+        }
     }
 
     /// Answers everything already queued, then stops taking requests.
@@ -382,7 +420,11 @@ impl Actor {
             events.extend(self.engine.take_events());
             answers.push((reply, response));
         }
-        let committed = if events.is_empty() { Some(vec![]) } else { self.commit(now, events).await };
+        let committed = if events.is_empty() {
+            Some(vec![])
+        } else {
+            self.commit(now, events).await
+        };
         match committed {
             Some(entries) => {
                 for (reply, response) in answers {
@@ -393,7 +435,10 @@ impl Actor {
             None => {
                 for (reply, _) in answers {
                     let message = "the event store failed; nothing was decided".to_string();
-                    let _ = reply.send(Response::Error { code: "unavailable".into(), message });
+                    let _ = reply.send(Response::Error {
+                        code: "unavailable".into(),
+                        message,
+                    });
                 }
             }
         }
@@ -401,7 +446,11 @@ impl Actor {
 
     /// Appends and flushes; on failure rebuilds the engine from the store
     /// so state never runs ahead of the log.
-    async fn commit(&mut self, now: Millis, events: Vec<crate::event::Event>) -> Option<Vec<Entry>> {
+    async fn commit(
+        &mut self,
+        now: Millis,
+        events: Vec<crate::event::Event>,
+    ) -> Option<Vec<Entry>> {
         let result = match self.store.append(now, events) {
             Ok(entries) => self.store.flush().await.map(|_| entries),
             Err(e) => Err(e),
@@ -436,7 +485,10 @@ impl Actor {
             }
             Err(e) => {
                 debug!(op, code = e.code(), error = %e, "refused");
-                Response::Error { code: e.code().to_string(), message: e.to_string() }
+                Response::Error {
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                }
             }
         }
     }
@@ -455,40 +507,84 @@ impl Actor {
         let engine = &mut self.engine;
         Ok(match request {
             Request::StartRun { svid, workflow } => {
-                let workflow = Workflow::parse("<request>", &workflow).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+                let workflow = Workflow::parse("<request>", &workflow)
+                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
                 let reply = engine.start_run(&mut env, &svid, &workflow)?;
                 info!(run = %reply.run, workflow = %workflow.name, batches = reply.batches.len(), "run started");
                 Response::RunStarted(reply)
             }
-            Request::StepToken { run, step, svid, scopes, intent } => {
-                let scopes = ScopeSet::parse(&scopes).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-                let req = TokenRequest { run, step: &step, svid: &svid, scopes: &scopes, intent: intent.as_deref() };
+            Request::StepToken {
+                run,
+                step,
+                svid,
+                scopes,
+                intent,
+            } => {
+                let scopes = ScopeSet::parse(&scopes)
+                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+                let req = TokenRequest {
+                    run,
+                    step: &step,
+                    svid: &svid,
+                    scopes: &scopes,
+                    intent: intent.as_deref(),
+                };
                 let reply = engine.request_token(&mut env, &req)?;
                 Response::Token(reply)
             }
-            Request::CompleteStep { run, step, svid, summary } => {
-                Response::Step(engine.complete_step(&mut env, run, &step, &svid, &summary)?)
-            }
-            Request::FailStep { run, step, svid, reason } => {
-                Response::Step(engine.fail_step(&mut env, run, &step, &svid, &reason)?)
-            }
+            Request::CompleteStep {
+                run,
+                step,
+                svid,
+                summary,
+            } => Response::Step(engine.complete_step(&mut env, run, &step, &svid, &summary)?),
+            Request::FailStep {
+                run,
+                step,
+                svid,
+                reason,
+            } => Response::Step(engine.fail_step(&mut env, run, &step, &svid, &reason)?),
             Request::CancelRun { run, svid, reason } => {
                 let revoked = engine.cancel_run(&mut env, run, &svid, &reason)?;
                 warn!(run = %run, revoked = revoked.len(), "run cancelled");
                 Response::Cancelled { revoked }
             }
-            Request::ResumeRun { run, svid, extra_budget } => {
+            Request::ResumeRun {
+                run,
+                svid,
+                extra_budget,
+            } => {
                 engine.resume_run(&mut env, run, &svid, extra_budget)?;
                 Response::Resumed
             }
-            Request::DecideBatch { batch, svid, approve, binding, comment } => {
-                let d = ReviewDecision { batch, svid: &svid, approve, binding: &binding, comment: comment.as_deref() };
+            Request::DecideBatch {
+                batch,
+                svid,
+                approve,
+                binding,
+                comment,
+            } => {
+                let d = ReviewDecision {
+                    batch,
+                    svid: &svid,
+                    approve,
+                    binding: &binding,
+                    comment: comment.as_deref(),
+                };
                 Response::Decision(engine.decide_batch(&mut env, &d)?)
             }
-            Request::Introspect { token } => Response::Introspection(introspect(engine, &settings.engine.issuer, &token, now)),
-            Request::Jwks => Response::Jwks(Jwks { keys: vec![self.key.public_jwk()] }),
+            Request::Introspect { token } => {
+                Response::Introspection(introspect(engine, &settings.engine.issuer, &token, now))
+            }
+            Request::Jwks => Response::Jwks(Jwks {
+                keys: vec![self.key.public_jwk()],
+            }),
             Request::RunStatus { run } => {
-                let r = engine.state().runs.get(&run).ok_or(EngineError::UnknownRun(run))?;
+                let r = engine
+                    .state()
+                    .runs
+                    .get(&run)
+                    .ok_or(EngineError::UnknownRun(run))?;
                 Response::Run(Box::new(run_view(r)))
             }
             Request::PendingBatches => {
@@ -503,9 +599,17 @@ impl Actor {
             }
             Request::Batch { batch } => {
                 let state = engine.state();
-                let b = state.batches.get(&batch).ok_or(EngineError::UnknownBatch(batch))?;
-                let r = state.runs.get(&b.run).ok_or(EngineError::UnknownRun(b.run))?;
-                Response::Batches { batches: vec![batch_view(b, r)] }
+                let b = state
+                    .batches
+                    .get(&batch)
+                    .ok_or(EngineError::UnknownBatch(batch))?;
+                let r = state
+                    .runs
+                    .get(&b.run)
+                    .ok_or(EngineError::UnknownRun(b.run))?;
+                Response::Batches {
+                    batches: vec![batch_view(b, r)],
+                }
             }
         })
     }
@@ -531,7 +635,11 @@ fn request_op(r: &Request) -> &'static str {
 /// Introspects by digest: a token is known only if this engine issued it.
 fn introspect(engine: &Engine, issuer: &str, token: &str, now: Millis) -> Introspection {
     let state = engine.state();
-    let Some(record) = state.by_digest.get(&sha256_text(token)).and_then(|jti| state.tokens.get(jti)) else {
+    let Some(record) = state
+        .by_digest
+        .get(&sha256_text(token))
+        .and_then(|jti| state.tokens.get(jti))
+    else {
         return Introspection::default();
     };
     if !record.is_live_at(now) {

@@ -64,7 +64,10 @@ impl SpiffeId {
         };
         check_trust_domain(domain)?;
         check_path(path)?;
-        Ok(Self { text: s.to_string(), domain_len: domain.len() })
+        Ok(Self {
+            text: s.to_string(),
+            domain_len: domain.len(),
+        })
     }
 
     /// The trust domain, e.g. `example.org`.

@@ -55,11 +55,21 @@ impl Store {
     /// Opens (creating if needed) the store in `dir` and checks the whole
     /// chain, so that appends continue a verified log.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open { dir: dir.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            dir: dir.display().to_string(),
+            source,
+        };
         let db = sled::Config::new().path(dir).open().map_err(open_err)?;
         let log = db.open_tree(LOG_TREE)?;
         let keys = db.open_tree(KEYS_TREE)?;
-        let mut store = Self { dir: dir.to_path_buf(), db, log, keys, next_seq: 0, head: chain::GENESIS };
+        let mut store = Self {
+            dir: dir.to_path_buf(),
+            db,
+            log,
+            keys,
+            next_seq: 0,
+            head: chain::GENESIS,
+        };
         let mut verifier = Verifier::new();
         for item in store.log.iter() {
             let (k, v) = item?;
@@ -153,7 +163,10 @@ pub struct RawLog {
 impl RawLog {
     /// Opens the log of `dir` without verifying it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open { dir: dir.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            dir: dir.display().to_string(),
+            source,
+        };
         let db = sled::Config::new().path(dir).open().map_err(open_err)?;
         let log = db.open_tree(LOG_TREE)?;
         Ok(Self { log, _db: db })

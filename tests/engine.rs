@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use stepgate::engine::{
-    BatchStatus, DecisionReply, Engine, RefuseKind, RejectKind, ReviewDecision, RunStatus, StepStatus, TokenReply,
-    TokenRequest, TokenStatus,
+    BatchStatus, DecisionReply, Engine, RefuseKind, RejectKind, ReviewDecision, RunStatus,
+    StepStatus, TokenReply, TokenRequest, TokenStatus,
 };
 use stepgate::event::{Event, RevokeReason};
 use stepgate::scope::ScopeSet;
@@ -19,15 +19,31 @@ fn ask(engine: &mut Engine, w: &mut World, run: Uuid, step: &str, scopes: &[&str
     ask_as(engine, w, run, step, scopes, &svid)
 }
 
-fn ask_as(engine: &mut Engine, w: &mut World, run: Uuid, step: &str, scopes: &[&str], svid: &str) -> TokenReply {
+fn ask_as(
+    engine: &mut Engine,
+    w: &mut World,
+    run: Uuid,
+    step: &str,
+    scopes: &[&str],
+    svid: &str,
+) -> TokenReply {
     let scopes = ScopeSet::parse(scopes).unwrap();
-    let req = TokenRequest { run, step, svid, scopes: &scopes, intent: None };
+    let req = TokenRequest {
+        run,
+        step,
+        svid,
+        scopes: &scopes,
+        intent: None,
+    };
     engine.request_token(&mut w.env(), &req).unwrap()
 }
 
 fn complete(engine: &mut Engine, w: &mut World, run: Uuid, step: &str) -> Vec<String> {
     let svid = w.svid(&w.agent_of(step));
-    engine.complete_step(&mut w.env(), run, step, &svid, "done").unwrap().ready
+    engine
+        .complete_step(&mut w.env(), run, step, &svid, "done")
+        .unwrap()
+        .ready
 }
 
 fn issued(reply: TokenReply) -> (String, Uuid) {
@@ -53,10 +69,22 @@ fn through_staging(engine: &mut Engine, w: &mut World) -> Uuid {
     run
 }
 
-fn decide(engine: &mut Engine, w: &mut World, batch: Uuid, who: &str, approve: bool) -> DecisionReply {
+fn decide(
+    engine: &mut Engine,
+    w: &mut World,
+    batch: Uuid,
+    who: &str,
+    approve: bool,
+) -> DecisionReply {
     let binding = engine.state().batches[&batch].binding.clone();
     let svid = w.svid(who);
-    let d = ReviewDecision { batch, svid: &svid, approve, binding: &binding, comment: None };
+    let d = ReviewDecision {
+        batch,
+        svid: &svid,
+        approve,
+        binding: &binding,
+        comment: None,
+    };
     engine.decide_batch(&mut w.env(), &d).unwrap()
 }
 
@@ -80,10 +108,22 @@ fn an_allowed_step_gets_a_token_with_exactly_the_asked_scopes_and_capped_exp() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    let (token, jti) = issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    let (token, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
 
-    let jwks = Jwks { keys: vec![w.key.public_jwk()] };
-    let opts = VerifyOptions { issuer: "stepgate", audience: "https://ci.acme.internal", now: T0 / 1000 };
+    let jwks = Jwks {
+        keys: vec![w.key.public_jwk()],
+    };
+    let opts = VerifyOptions {
+        issuer: "stepgate",
+        audience: "https://ci.acme.internal",
+        now: T0 / 1000,
+    };
     let claims = verify(&token, &jwks, &opts).unwrap();
     assert_eq!(claims.sub, "spiffe://dev.stepgate.local/agent/ci-runner");
     assert_eq!(claims.scope, "ci:tests:run");
@@ -100,7 +140,11 @@ fn an_allowed_step_gets_a_token_with_exactly_the_asked_scopes_and_capped_exp() {
     let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
     assert_eq!(kinds, vec!["token_requested", "decided", "token_issued"]);
     match &events[1] {
-        Event::Decided { policy_ids, policy_digest, .. } => {
+        Event::Decided {
+            policy_ids,
+            policy_digest,
+            ..
+        } => {
             assert_eq!(policy_ids, &vec!["ci-runner-runs-tests".to_string()]);
             assert_eq!(policy_digest, w.policy.digest());
         }
@@ -116,12 +160,19 @@ fn asking_beyond_the_step_scopes_rejects_the_whole_request() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    let reply = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run", "deploy:production"]);
+    let reply = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run", "deploy:production"],
+    );
     assert_eq!(
         reply,
         TokenReply::Rejected {
             kind: RejectKind::ScopeExcess,
-            reason: "step `unit-tests` does not declare `deploy:production`; nothing was issued".into()
+            reason: "step `unit-tests` does not declare `deploy:production`; nothing was issued"
+                .into()
         }
     );
     assert!(engine.state().tokens.is_empty());
@@ -149,20 +200,77 @@ fn empty_scopes_wrong_agent_and_bad_identity_are_rejected() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    assert!(matches!(ask(&mut engine, &mut w, run, "unit-tests", &[]), TokenReply::Rejected { kind: RejectKind::NoScopes, .. }));
+    assert!(matches!(
+        ask(&mut engine, &mut w, run, "unit-tests", &[]),
+        TokenReply::Rejected {
+            kind: RejectKind::NoScopes,
+            ..
+        }
+    ));
 
     let builder = w.svid("spiffe://dev.stepgate.local/agent/builder");
-    let reply = ask_as(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"], &builder);
-    assert!(matches!(reply, TokenReply::Rejected { kind: RejectKind::WrongAgent, .. }), "{reply:?}");
+    let reply = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        &builder,
+    );
+    assert!(
+        matches!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::WrongAgent,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
 
-    let reply = ask_as(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"], "not-a-jwt");
-    assert!(matches!(reply, TokenReply::Rejected { kind: RejectKind::BadIdentity, .. }), "{reply:?}");
+    let reply = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        "not-a-jwt",
+    );
+    assert!(
+        matches!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::BadIdentity,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
 
     // A name alone is not an identity: an SVID from another trust domain's key fails.
-    let foreign = stepgate::identity::DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng).unwrap();
-    let forged = foreign.mint_svid(&id(&w.agent_of("unit-tests")), "stepgate", T0 / 1000, 300).unwrap();
-    let reply = ask_as(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"], &forged);
-    assert!(matches!(reply, TokenReply::Rejected { kind: RejectKind::BadIdentity, .. }), "{reply:?}");
+    let foreign =
+        stepgate::identity::DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng).unwrap();
+    let forged = foreign
+        .mint_svid(&id(&w.agent_of("unit-tests")), "stepgate", T0 / 1000, 300)
+        .unwrap();
+    let reply = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        &forged,
+    );
+    assert!(
+        matches!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::BadIdentity,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     assert!(engine.state().tokens.is_empty());
 }
 
@@ -171,10 +279,19 @@ fn a_step_whose_dependencies_are_open_is_not_ready() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    let reply = ask(&mut engine, &mut w, run, "build-image", &["registry:push:payments/payments-api"]);
+    let reply = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "build-image",
+        &["registry:push:payments/payments-api"],
+    );
     assert_eq!(
         reply,
-        TokenReply::Rejected { kind: RejectKind::StepNotReady, reason: "step `build-image` waits for unit-tests".into() }
+        TokenReply::Rejected {
+            kind: RejectKind::StepNotReady,
+            reason: "step `build-image` waits for unit-tests".into()
+        }
     );
 }
 
@@ -183,13 +300,22 @@ fn completing_a_step_revokes_its_token_and_readies_the_next() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    let (_, jti) = issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
     engine.take_events();
     let ready = complete(&mut engine, &mut w, run, "unit-tests");
     assert_eq!(ready, vec!["build-image".to_string()]);
     assert_eq!(
         engine.state().tokens[&jti].status,
-        TokenStatus::Revoked { reason: RevokeReason::StepCompleted, at: T0 }
+        TokenStatus::Revoked {
+            reason: RevokeReason::StepCompleted,
+            at: T0
+        }
     );
     let kinds: Vec<&str> = engine.take_events().iter().map(Event::kind).collect();
     assert_eq!(kinds, vec!["token_revoked", "step_completed", "step_ready"]);
@@ -202,16 +328,47 @@ fn a_stepped_up_step_waits_for_the_batch_and_gets_an_approval_bound_token() {
     let run = through_staging(&mut engine, &mut w);
     let batch = engine.state().runs[&run].batches[0];
 
-    let reply = ask(&mut engine, &mut w, run, "deploy-production", &["deploy:production"]);
-    assert_eq!(reply, TokenReply::Pending { batch, group: "release-managers".into() });
+    let reply = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    );
+    assert_eq!(
+        reply,
+        TokenReply::Pending {
+            batch,
+            group: "release-managers".into()
+        }
+    );
 
     w.now += 60_000;
     let applied = decide(&mut engine, &mut w, batch, RILEY, true);
-    assert_eq!(applied, DecisionReply::Applied { batch, approved: true, valid_until: T0 + 60_000 + 900_000 });
+    assert_eq!(
+        applied,
+        DecisionReply::Applied {
+            batch,
+            approved: true,
+            valid_until: T0 + 60_000 + 900_000
+        }
+    );
 
-    let (token, _) = issued(ask(&mut engine, &mut w, run, "deploy-production", &["deploy:production"]));
-    let jwks = Jwks { keys: vec![w.key.public_jwk()] };
-    let opts = VerifyOptions { issuer: "stepgate", audience: "https://deploy.prod.acme.internal", now: w.now / 1000 };
+    let (token, _) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    ));
+    let jwks = Jwks {
+        keys: vec![w.key.public_jwk()],
+    };
+    let opts = VerifyOptions {
+        issuer: "stepgate",
+        audience: "https://deploy.prod.acme.internal",
+        now: w.now / 1000,
+    };
     let claims = verify(&token, &jwks, &opts).unwrap();
     assert_eq!(claims.approval, Some(batch.to_string()));
     assert_eq!(engine.state().runs[&run].stepups, 1);
@@ -221,12 +378,24 @@ fn a_stepped_up_step_waits_for_the_batch_and_gets_an_approval_bound_token() {
 fn the_requester_may_not_approve_their_own_run() {
     let mut w = World::new("release");
     // Put dana in the group so only the self-approval rule stands in the way.
-    w.reviewers = stepgate::review::Reviewers::from_groups([("release-managers".to_string(), vec![id(DANA), id(RILEY)])]);
+    w.reviewers = stepgate::review::Reviewers::from_groups([(
+        "release-managers".to_string(),
+        vec![id(DANA), id(RILEY)],
+    )]);
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
     let batch = engine.state().runs[&run].batches[0];
     let reply = decide(&mut engine, &mut w, batch, DANA, true);
-    assert!(matches!(reply, DecisionReply::Refused { kind: RefuseKind::SelfApproval, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            DecisionReply::Refused {
+                kind: RefuseKind::SelfApproval,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     assert_eq!(engine.state().batches[&batch].status, BatchStatus::Pending);
 }
 
@@ -236,13 +405,25 @@ fn a_second_decision_on_a_decided_batch_is_refused() {
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
     let batch = engine.state().runs[&run].batches[0];
-    assert!(matches!(decide(&mut engine, &mut w, batch, RILEY, false), DecisionReply::Applied { approved: false, .. }));
+    assert!(matches!(
+        decide(&mut engine, &mut w, batch, RILEY, false),
+        DecisionReply::Applied {
+            approved: false,
+            ..
+        }
+    ));
     let again = decide(&mut engine, &mut w, batch, SAM, true);
     assert_eq!(
         again,
-        DecisionReply::Refused { kind: RefuseKind::AlreadyDecided, reason: format!("batch {batch} is already denied") }
+        DecisionReply::Refused {
+            kind: RefuseKind::AlreadyDecided,
+            reason: format!("batch {batch} is already denied")
+        }
     );
-    assert_eq!(engine.state().batches[&batch].status, BatchStatus::Denied { by: RILEY.into() });
+    assert_eq!(
+        engine.state().batches[&batch].status,
+        BatchStatus::Denied { by: RILEY.into() }
+    );
 }
 
 #[test]
@@ -252,17 +433,47 @@ fn outsiders_wrong_bindings_and_late_decisions_are_refused() {
     let run = start(&mut engine, &mut w).run;
     let batch = engine.state().runs[&run].batches[0];
 
-    let outsider = decide(&mut engine, &mut w, batch, "spiffe://dev.stepgate.local/human/mallory", true);
-    assert!(matches!(outsider, DecisionReply::Refused { kind: RefuseKind::NotInGroup, .. }));
+    let outsider = decide(
+        &mut engine,
+        &mut w,
+        batch,
+        "spiffe://dev.stepgate.local/human/mallory",
+        true,
+    );
+    assert!(matches!(
+        outsider,
+        DecisionReply::Refused {
+            kind: RefuseKind::NotInGroup,
+            ..
+        }
+    ));
 
     let svid = w.svid(RILEY);
-    let d = ReviewDecision { batch, svid: &svid, approve: true, binding: "sha256:00", comment: None };
+    let d = ReviewDecision {
+        batch,
+        svid: &svid,
+        approve: true,
+        binding: "sha256:00",
+        comment: None,
+    };
     let reply = engine.decide_batch(&mut w.env(), &d).unwrap();
-    assert!(matches!(reply, DecisionReply::Refused { kind: RefuseKind::BindingMismatch, .. }));
+    assert!(matches!(
+        reply,
+        DecisionReply::Refused {
+            kind: RefuseKind::BindingMismatch,
+            ..
+        }
+    ));
 
     w.now = T0 + 900_000;
     let late = decide(&mut engine, &mut w, batch, RILEY, true);
-    assert!(matches!(late, DecisionReply::Refused { kind: RefuseKind::Expired, .. }));
+    assert!(matches!(
+        late,
+        DecisionReply::Refused {
+            kind: RefuseKind::Expired,
+            ..
+        }
+    ));
     assert!(engine.tick(w.now).unwrap());
     assert_eq!(engine.state().batches[&batch].status, BatchStatus::Expired);
 }
@@ -274,9 +485,17 @@ fn a_denied_batch_denies_the_token() {
     let run = through_staging(&mut engine, &mut w);
     let batch = engine.state().runs[&run].batches[0];
     decide(&mut engine, &mut w, batch, SAM, false);
-    let reply = ask(&mut engine, &mut w, run, "deploy-production", &["deploy:production"]);
+    let reply = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    );
     assert!(matches!(reply, TokenReply::Denied { .. }), "{reply:?}");
-    assert!(engine.state().runs[&run].steps["deploy-production"].live_token.is_none());
+    assert!(engine.state().runs[&run].steps["deploy-production"]
+        .live_token
+        .is_none());
 }
 
 #[test]
@@ -285,37 +504,81 @@ fn cancelling_a_run_revokes_every_live_token_and_withdraws_batches() {
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
     let batch = engine.state().runs[&run].batches[0];
-    let (_, jti) = issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
     let svid = w.svid(DANA);
-    let revoked = engine.cancel_run(&mut w.env(), run, &svid, "release called off").unwrap();
+    let revoked = engine
+        .cancel_run(&mut w.env(), run, &svid, "release called off")
+        .unwrap();
     assert_eq!(revoked, vec![jti]);
     assert_eq!(engine.state().runs[&run].status, RunStatus::Cancelled);
-    assert_eq!(engine.state().batches[&batch].status, BatchStatus::Withdrawn);
+    assert_eq!(
+        engine.state().batches[&batch].status,
+        BatchStatus::Withdrawn
+    );
     assert_eq!(
         engine.state().tokens[&jti].status,
-        TokenStatus::Revoked { reason: RevokeReason::RunCancelled, at: T0 }
+        TokenStatus::Revoked {
+            reason: RevokeReason::RunCancelled,
+            at: T0
+        }
     );
     // Approve after cancel: refused, nothing changes.
     let late = decide(&mut engine, &mut w, batch, RILEY, true);
-    assert!(matches!(late, DecisionReply::Refused { kind: RefuseKind::AlreadyDecided, .. }), "{late:?}");
+    assert!(
+        matches!(
+            late,
+            DecisionReply::Refused {
+                kind: RefuseKind::AlreadyDecided,
+                ..
+            }
+        ),
+        "{late:?}"
+    );
 }
 
 #[test]
 fn a_run_over_its_step_up_budget_pauses_until_a_reviewer_resumes_it() {
     let mut w = World::new("release");
     let text = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
-    w.workflow = stepgate::workflow::Workflow::parse("release-budget-1", &text.replace("stepup_budget: 2", "stepup_budget: 1")).unwrap();
+    w.workflow = stepgate::workflow::Workflow::parse(
+        "release-budget-1",
+        &text.replace("stepup_budget: 2", "stepup_budget: 1"),
+    )
+    .unwrap();
     let mut engine = Engine::new();
     let run = through_staging(&mut engine, &mut w);
     let batch = engine.state().runs[&run].batches[0];
     decide(&mut engine, &mut w, batch, RILEY, true);
 
-    issued(ask(&mut engine, &mut w, run, "deploy-production", &["deploy:production"]));
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    ));
     complete(&mut engine, &mut w, run, "deploy-production");
     engine.take_events();
 
-    let reply = ask(&mut engine, &mut w, run, "migrate-production-db", &["db:migrate"]);
-    assert_eq!(reply, TokenReply::Paused { reason: "run made 2 step-ups; its budget is 1".into() });
+    let reply = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "migrate-production-db",
+        &["db:migrate"],
+    );
+    assert_eq!(
+        reply,
+        TokenReply::Paused {
+            reason: "run made 2 step-ups; its budget is 1".into()
+        }
+    );
     assert_eq!(engine.state().runs[&run].status, RunStatus::Paused);
     let kinds: Vec<&str> = engine.take_events().iter().map(Event::kind).collect();
     assert_eq!(kinds, vec!["token_requested", "decided", "run_paused"]);
@@ -326,7 +589,13 @@ fn a_run_over_its_step_up_budget_pauses_until_a_reviewer_resumes_it() {
     let riley = w.svid(RILEY);
     engine.resume_run(&mut w.env(), run, &riley, 1).unwrap();
     assert_eq!(engine.state().runs[&run].budget, 2);
-    let (_, _) = issued(ask(&mut engine, &mut w, run, "migrate-production-db", &["db:migrate"]));
+    let (_, _) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "migrate-production-db",
+        &["db:migrate"],
+    ));
     assert_eq!(engine.state().runs[&run].stepups, 2);
 }
 
@@ -335,15 +604,39 @@ fn a_token_past_exp_expires_on_tick_and_the_step_may_ask_again() {
     let mut w = World::new("release");
     let mut engine = Engine::new();
     let run = start(&mut engine, &mut w).run;
-    let (_, jti) = issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
     let again = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]);
-    assert!(matches!(again, TokenReply::Rejected { kind: RejectKind::TokenLive, .. }));
+    assert!(matches!(
+        again,
+        TokenReply::Rejected {
+            kind: RejectKind::TokenLive,
+            ..
+        }
+    ));
     w.now = T0 + 300_000;
     assert!(engine.tick(w.now).unwrap());
-    assert_eq!(engine.state().tokens[&jti].status, TokenStatus::Expired { at: T0 + 300_000 });
-    let (_, second) = issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    assert_eq!(
+        engine.state().tokens[&jti].status,
+        TokenStatus::Expired { at: T0 + 300_000 }
+    );
+    let (_, second) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
     assert_ne!(second, jti);
-    assert_eq!(engine.state().runs[&run].steps["unit-tests"].status, StepStatus::Ready);
+    assert_eq!(
+        engine.state().runs[&run].steps["unit-tests"].status,
+        StepStatus::Ready
+    );
 }
 
 #[test]
@@ -360,7 +653,13 @@ fn replaying_the_events_rebuilds_identical_state() {
     let run2 = engine.start_run(&mut w.env(), &svid, &wf).unwrap().run;
     assert_eq!(run, run2, "ids are deterministic");
     log.extend(engine.take_events().into_iter().map(|e| (w.now, e)));
-    issued(ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]));
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
     log.extend(engine.take_events().into_iter().map(|e| (w.now, e)));
     complete(&mut engine, &mut w, run, "unit-tests");
     log.extend(engine.take_events().into_iter().map(|e| (w.now, e)));

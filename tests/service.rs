@@ -32,13 +32,21 @@ async fn boot(dir: &std::path::Path, clock: ManualClock) -> Node {
         tick: Duration::from_secs(3600),
     };
     let store = Store::open(dir).unwrap();
-    let handle = service::start(store, settings, Arc::new(clock.clone())).await.unwrap();
-    Node { transport: InProcess::new(handle.clone()), handle, clock }
+    let handle = service::start(store, settings, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Node {
+        transport: InProcess::new(handle.clone()),
+        handle,
+        clock,
+    }
 }
 
 fn svid(clock: &ManualClock, who: &str) -> String {
     use stepgate::clock::Clock;
-    dev_domain().mint_svid(&id(who), "stepgate", clock.now() / 1000, 300).unwrap()
+    dev_domain()
+        .mint_svid(&id(who), "stepgate", clock.now() / 1000, 300)
+        .unwrap()
 }
 
 fn agent(node: &Node, who: &str) -> AgentClient<InProcess> {
@@ -47,8 +55,13 @@ fn agent(node: &Node, who: &str) -> AgentClient<InProcess> {
 
 async fn step(node: &Node, run: uuid::Uuid, step: &str, who: &str, scope: &str) -> String {
     let a = agent(node, who);
-    let reply = a.request_token(run, step, &[scope.to_string()], None).await.unwrap();
-    let TokenReply::Issued { token, .. } = reply else { panic!("{step}: {reply:?}") };
+    let reply = a
+        .request_token(run, step, &[scope.to_string()], None)
+        .await
+        .unwrap();
+    let TokenReply::Issued { token, .. } = reply else {
+        panic!("{step}: {reply:?}")
+    };
     a.complete(run, step, "ok").await.unwrap();
     token
 }
@@ -67,11 +80,28 @@ async fn a_restart_mid_run_rebuilds_identical_state_from_the_log() {
     let clock = ManualClock::new(T0);
     let node = boot(dir.path(), clock.clone()).await;
     let client = Client::new(node.transport.clone());
-    let run = client.start_run(&svid(&clock, DANA), &release_text()).await.unwrap().run;
+    let run = client
+        .start_run(&svid(&clock, DANA), &release_text())
+        .await
+        .unwrap()
+        .run;
     step(&node, run, "unit-tests", CI, "ci:tests:run").await;
     let a = agent(&node, BUILDER);
-    let live = a.request_token(run, "build-image", &["registry:push:payments/payments-api".into()], None).await.unwrap();
-    let TokenReply::Issued { token: live_token, .. } = live else { panic!("{live:?}") };
+    let live = a
+        .request_token(
+            run,
+            "build-image",
+            &["registry:push:payments/payments-api".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    let TokenReply::Issued {
+        token: live_token, ..
+    } = live
+    else {
+        panic!("{live:?}")
+    };
 
     let before = client.run(run).await.unwrap();
     let reviewer = ReviewerClient::new(node.transport.clone(), svid(&clock, RILEY));
@@ -93,7 +123,10 @@ async fn a_restart_mid_run_rebuilds_identical_state_from_the_log() {
     assert!(status.active);
     assert_eq!(status.step.as_deref(), Some("build-image"));
     // And the run goes on.
-    agent(&node, BUILDER).complete(run, "build-image", "pushed").await.unwrap();
+    agent(&node, BUILDER)
+        .complete(run, "build-image", "pushed")
+        .await
+        .unwrap();
     assert!(!client.introspect(&live_token).await.unwrap().active);
     node.handle.shutdown().await;
 }
@@ -104,15 +137,41 @@ async fn an_agent_waiting_on_review_gets_its_token_when_the_batch_is_approved() 
     let clock = ManualClock::new(T0);
     let node = boot(dir.path(), clock.clone()).await;
     let client = Client::new(node.transport.clone());
-    let run = client.start_run(&svid(&clock, DANA), &release_text()).await.unwrap().run;
+    let run = client
+        .start_run(&svid(&clock, DANA), &release_text())
+        .await
+        .unwrap()
+        .run;
     step(&node, run, "unit-tests", CI, "ci:tests:run").await;
-    step(&node, run, "build-image", BUILDER, "registry:push:payments/payments-api").await;
-    step(&node, run, "sign-image", "spiffe://dev.stepgate.local/agent/signer", "signing:sign:release").await;
+    step(
+        &node,
+        run,
+        "build-image",
+        BUILDER,
+        "registry:push:payments/payments-api",
+    )
+    .await;
+    step(
+        &node,
+        run,
+        "sign-image",
+        "spiffe://dev.stepgate.local/agent/signer",
+        "signing:sign:release",
+    )
+    .await;
     step(&node, run, "deploy-staging", DEPLOYER, "deploy:staging").await;
 
     let deployer = agent(&node, DEPLOYER);
     let waiting = tokio::spawn(async move {
-        deployer.token(run, "deploy-production", &["deploy:production".into()], None, Duration::from_secs(10)).await
+        deployer
+            .token(
+                run,
+                "deploy-production",
+                &["deploy:production".into()],
+                None,
+                Duration::from_secs(10),
+            )
+            .await
     });
     let reviewer = ReviewerClient::new(node.transport.clone(), svid(&clock, SAM));
     let batch = loop {
@@ -126,18 +185,29 @@ async fn an_agent_waiting_on_review_gets_its_token_when_the_batch_is_approved() 
     let steps: Vec<&str> = batch.items.iter().map(|i| i.step.as_str()).collect();
     assert_eq!(steps, vec!["deploy-production", "migrate-production-db"]);
     assert_eq!(batch.requester, DANA);
-    let applied = reviewer.decide(batch.batch, &batch.binding, true, Some("looks right")).await.unwrap();
-    assert!(matches!(applied, DecisionReply::Applied { approved: true, .. }));
+    let applied = reviewer
+        .decide(batch.batch, &batch.binding, true, Some("looks right"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        applied,
+        DecisionReply::Applied { approved: true, .. }
+    ));
 
     let reply = waiting.await.unwrap().unwrap();
     match reply {
-        TokenReply::Issued { approval, scopes, .. } => {
+        TokenReply::Issued {
+            approval, scopes, ..
+        } => {
             assert_eq!(approval, Some(batch.batch));
             assert_eq!(scopes, vec!["deploy:production".to_string()]);
         }
         other => panic!("{other:?}"),
     }
-    let again = reviewer.decide(batch.batch, &batch.binding, false, None).await.unwrap();
+    let again = reviewer
+        .decide(batch.batch, &batch.binding, false, None)
+        .await
+        .unwrap();
     assert!(matches!(again, DecisionReply::Refused { .. }));
     node.handle.shutdown().await;
 }
@@ -148,7 +218,11 @@ async fn a_tampered_event_is_caught_by_audit_and_refused_by_the_store() {
     let clock = ManualClock::new(T0);
     let node = boot(dir.path(), clock.clone()).await;
     let client = Client::new(node.transport.clone());
-    let run = client.start_run(&svid(&clock, DANA), &release_text()).await.unwrap().run;
+    let run = client
+        .start_run(&svid(&clock, DANA), &release_text())
+        .await
+        .unwrap()
+        .run;
     step(&node, run, "unit-tests", CI, "ci:tests:run").await;
     node.handle.shutdown().await;
     drop(node);
@@ -173,7 +247,9 @@ async fn a_tampered_event_is_caught_by_audit_and_refused_by_the_store() {
         other => panic!("expected a chain error, got {other:?}"),
     }
     match Store::open(dir.path()) {
-        Err(StoreError::Chain(ChainError::Hash { seq } | ChainError::Decode { seq, .. })) => assert_eq!(seq, 5),
+        Err(StoreError::Chain(ChainError::Hash { seq } | ChainError::Decode { seq, .. })) => {
+            assert_eq!(seq, 5)
+        }
         other => panic!("expected the store to refuse the log, got {other:?}"),
     }
 }

@@ -79,7 +79,11 @@ pub struct V7Ids;
 impl Ids for V7Ids {
     fn next_id(&mut self, now: Millis) -> Uuid {
         let ms = u64::try_from(now).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            ((ms % 1000) * 1_000_000) as u32,
+        );
         Uuid::new_v7(ts)
     }
 }
@@ -361,12 +365,17 @@ impl Engine {
     }
 
     /// Rebuilds an engine from `(at, event)` pairs in log order.
-    pub fn replay<'e>(events: impl IntoIterator<Item = (Millis, &'e Event)>) -> Result<Self, ApplyError> {
+    pub fn replay<'e>(
+        events: impl IntoIterator<Item = (Millis, &'e Event)>,
+    ) -> Result<Self, ApplyError> {
         let mut state = State::default();
         for (at, event) in events {
             state.apply(at, event)?;
         }
-        Ok(Self { state, pending: vec![] })
+        Ok(Self {
+            state,
+            pending: vec![],
+        })
     }
 
     /// The current state.
@@ -397,26 +406,40 @@ impl Engine {
         if self.state.kids.iter().any(|k| k == kid) {
             return Ok(());
         }
-        self.emit(now, Event::KeyCreated { kid: kid.to_string() })
+        self.emit(
+            now,
+            Event::KeyCreated {
+                kid: kid.to_string(),
+            },
+        )
     }
 
     /// Starts a run of `workflow` for the holder of `svid`, opening the
     /// review batches the plan calls for.
-    pub fn start_run(&mut self, env: &mut Env<'_>, svid: &str, workflow: &Workflow) -> Result<RunStartedReply, EngineError> {
-        let requester = verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+    pub fn start_run(
+        &mut self,
+        env: &mut Env<'_>,
+        svid: &str,
+        workflow: &Workflow,
+    ) -> Result<RunStartedReply, EngineError> {
+        let requester =
+            verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
         let now = env.now;
         let run = env.ids.next_id(now);
         let deadline_ms = i64::try_from(workflow.deadline_secs).unwrap_or(i64::MAX / 2_000) * 1000;
-        self.emit(now, Event::RunStarted {
-            run,
-            requester: requester.to_string(),
-            workflow: workflow.name.clone(),
-            workflow_digest: workflow.digest().to_string(),
-            workflow_json: workflow.to_canonical_json(),
-            policy_digest: env.policy.digest().to_string(),
-            deadline: now.saturating_add(deadline_ms),
-            stepup_budget: workflow.stepup_budget,
-        })?;
+        self.emit(
+            now,
+            Event::RunStarted {
+                run,
+                requester: requester.to_string(),
+                workflow: workflow.name.clone(),
+                workflow_digest: workflow.digest().to_string(),
+                workflow_json: workflow.to_canonical_json(),
+                policy_digest: env.policy.digest().to_string(),
+                deadline: now.saturating_add(deadline_ms),
+                stepup_budget: workflow.stepup_budget,
+            },
+        )?;
 
         let (_, planned) = preview(workflow, env.policy, &run.to_string(), now / 1000);
         let mut batches = vec![];
@@ -424,12 +447,26 @@ impl Engine {
             let items: Vec<_> = planned_batch
                 .steps
                 .iter()
-                .filter_map(|s| workflow.step(&s.step).map(|step| item_for(step, &s.policy_ids)))
+                .filter_map(|s| {
+                    workflow
+                        .step(&s.step)
+                        .map(|step| item_for(step, &s.policy_ids))
+                })
                 .collect();
             let batch = env.ids.next_id(now);
             let binding = binding_digest(&batch, &run, &planned_batch.group, &items);
             let expires_at = now + env.config.batch_ttl_secs * 1000;
-            self.emit(now, Event::BatchOpened { batch, run, group: planned_batch.group, items, binding, expires_at })?;
+            self.emit(
+                now,
+                Event::BatchOpened {
+                    batch,
+                    run,
+                    group: planned_batch.group,
+                    items,
+                    binding,
+                    expires_at,
+                },
+            )?;
             batches.push(batch);
         }
 
@@ -439,19 +476,40 @@ impl Engine {
             .map(|s| s.id.clone())
             .collect();
         for step in &ready {
-            self.emit(now, Event::StepReady { run, step: step.clone() })?;
+            self.emit(
+                now,
+                Event::StepReady {
+                    run,
+                    step: step.clone(),
+                },
+            )?;
         }
-        Ok(RunStartedReply { run, batches, ready })
+        Ok(RunStartedReply {
+            run,
+            batches,
+            ready,
+        })
     }
 
     /// Answers an agent's request for its step's token.
-    pub fn request_token(&mut self, env: &mut Env<'_>, req: &TokenRequest<'_>) -> Result<TokenReply, EngineError> {
+    pub fn request_token(
+        &mut self,
+        env: &mut Env<'_>,
+        req: &TokenRequest<'_>,
+    ) -> Result<TokenReply, EngineError> {
         let now = env.now;
-        let run = self.state.runs.get(&req.run).ok_or(EngineError::UnknownRun(req.run))?;
+        let run = self
+            .state
+            .runs
+            .get(&req.run)
+            .ok_or(EngineError::UnknownRun(req.run))?;
         let workflow = run.workflow.clone();
         let step = workflow
             .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+            .ok_or_else(|| EngineError::UnknownStep {
+                run: req.run,
+                step: req.step.to_string(),
+            })?;
         let svid_digest = sha256_text(req.svid);
 
         // Identity first: nothing about the run is revealed to a caller
@@ -459,20 +517,30 @@ impl Engine {
         let agent = match verify_svid(req.svid, env.trust, &env.config.svid_audience, now / 1000) {
             Ok(v) => v.spiffe_id,
             Err(e) => {
-                return self.reject(now, req, None, &svid_digest, RejectKind::BadIdentity, format!("identity: {e}"));
+                return self.reject(
+                    now,
+                    req,
+                    None,
+                    &svid_digest,
+                    RejectKind::BadIdentity,
+                    format!("identity: {e}"),
+                );
             }
         };
         if let Some((kind, reason)) = self.precheck(req, &agent, step) {
             return self.reject(now, req, Some(&agent), &svid_digest, kind, reason);
         }
 
-        self.emit(now, Event::TokenRequested {
-            run: req.run,
-            step: step.id.clone(),
-            agent: agent.to_string(),
-            scopes: req.scopes.to_strings(),
-            svid_digest,
-        })?;
+        self.emit(
+            now,
+            Event::TokenRequested {
+                run: req.run,
+                step: step.id.clone(),
+                agent: agent.to_string(),
+                scopes: req.scopes.to_strings(),
+                svid_digest,
+            },
+        )?;
         let decision = {
             let run = self.run(req.run)?;
             env.policy.decide(&Facts {
@@ -491,64 +559,120 @@ impl Engine {
                 now: now / 1000,
             })
         };
-        self.emit(now, Event::Decided {
-            run: req.run,
-            step: step.id.clone(),
-            outcome: decision.outcome.clone(),
-            policy_ids: decision.policy_ids.clone(),
-            policy_digest: decision.policy_digest.clone(),
-            errors: decision.errors.clone(),
-            reason: decision.reason.clone(),
-            scopes: req.scopes.to_strings(),
-        })?;
+        self.emit(
+            now,
+            Event::Decided {
+                run: req.run,
+                step: step.id.clone(),
+                outcome: decision.outcome.clone(),
+                policy_ids: decision.policy_ids.clone(),
+                policy_digest: decision.policy_digest.clone(),
+                errors: decision.errors.clone(),
+                reason: decision.reason.clone(),
+                scopes: req.scopes.to_strings(),
+            },
+        )?;
 
         match decision.outcome {
-            Outcome::Deny => Ok(TokenReply::Denied { reason: decision.reason, policy_ids: decision.policy_ids }),
+            Outcome::Deny => Ok(TokenReply::Denied {
+                reason: decision.reason,
+                policy_ids: decision.policy_ids,
+            }),
             Outcome::Allow => self.issue(env, req, &agent, None, None),
-            Outcome::StepUp { group } => self.step_up(env, req, &agent, &group, &decision.policy_ids),
+            Outcome::StepUp { group } => {
+                self.step_up(env, req, &agent, &group, &decision.policy_ids)
+            }
         }
     }
 
     /// Checks that need no policy: agent, scopes, intent, step and run state.
-    fn precheck(&self, req: &TokenRequest<'_>, agent: &SpiffeId, step: &crate::workflow::Step) -> Option<(RejectKind, String)> {
+    fn precheck(
+        &self,
+        req: &TokenRequest<'_>,
+        agent: &SpiffeId,
+        step: &crate::workflow::Step,
+    ) -> Option<(RejectKind, String)> {
         let run = self.state.runs.get(&req.run)?;
         let state = run.steps.get(&step.id)?;
         if run.status == RunStatus::Paused {
-            return Some((RejectKind::RunPaused, format!("run {} is paused over its step-up budget", run.id)));
+            return Some((
+                RejectKind::RunPaused,
+                format!("run {} is paused over its step-up budget", run.id),
+            ));
         }
         if run.status != RunStatus::Active {
             let status = serde_json::to_string(&run.status).unwrap_or_default();
-            return Some((RejectKind::RunNotActive, format!("run {} is {}", run.id, status.trim_matches('"'))));
+            return Some((
+                RejectKind::RunNotActive,
+                format!("run {} is {}", run.id, status.trim_matches('"')),
+            ));
         }
         if *agent != step.agent {
-            return Some((RejectKind::WrongAgent, format!("step `{}` is performed by `{}`, not `{agent}`", step.id, step.agent)));
+            return Some((
+                RejectKind::WrongAgent,
+                format!(
+                    "step `{}` is performed by `{}`, not `{agent}`",
+                    step.id, step.agent
+                ),
+            ));
         }
         match state.status {
             StepStatus::Waiting => {
-                return Some((RejectKind::StepNotReady, format!("step `{}` waits for {}", step.id, step.depends_on.join(", "))));
+                return Some((
+                    RejectKind::StepNotReady,
+                    format!(
+                        "step `{}` waits for {}",
+                        step.id,
+                        step.depends_on.join(", ")
+                    ),
+                ));
             }
             StepStatus::Completed | StepStatus::Failed => {
-                return Some((RejectKind::StepFinished, format!("step `{}` is already finished", step.id)));
+                return Some((
+                    RejectKind::StepFinished,
+                    format!("step `{}` is already finished", step.id),
+                ));
             }
             StepStatus::Ready => {}
         }
         if req.scopes.is_empty() {
-            return Some((RejectKind::NoScopes, "no scopes asked for; name the scopes the action needs".into()));
+            return Some((
+                RejectKind::NoScopes,
+                "no scopes asked for; name the scopes the action needs".into(),
+            ));
         }
         let excess = req.scopes.excess_over(&step.scopes);
         if !excess.is_empty() {
             let names: Vec<String> = excess.iter().map(|s| format!("`{s}`")).collect();
             return Some((
                 RejectKind::ScopeExcess,
-                format!("step `{}` does not declare {}; nothing was issued", step.id, names.join(", ")),
+                format!(
+                    "step `{}` does not declare {}; nothing was issued",
+                    step.id,
+                    names.join(", ")
+                ),
             ));
         }
         if req.intent.is_some_and(|i| i.trim() != step.intent) {
-            return Some((RejectKind::IntentMismatch, format!("the stated intent is not the intent declared for step `{}`", step.id)));
+            return Some((
+                RejectKind::IntentMismatch,
+                format!(
+                    "the stated intent is not the intent declared for step `{}`",
+                    step.id
+                ),
+            ));
         }
         if let Some(jti) = state.live_token {
-            if self.state.tokens.get(&jti).is_some_and(|t| t.status == TokenStatus::Live) {
-                return Some((RejectKind::TokenLive, format!("step `{}` already holds live token {jti}", step.id)));
+            if self
+                .state
+                .tokens
+                .get(&jti)
+                .is_some_and(|t| t.status == TokenStatus::Live)
+            {
+                return Some((
+                    RejectKind::TokenLive,
+                    format!("step `{}` already holds live token {jti}", step.id),
+                ));
             }
         }
         None
@@ -563,14 +687,17 @@ impl Engine {
         kind: RejectKind,
         reason: String,
     ) -> Result<TokenReply, EngineError> {
-        self.emit(now, Event::RequestRejected {
-            run: req.run,
-            step: req.step.to_string(),
-            agent: agent.map(ToString::to_string),
-            svid_digest: svid_digest.to_string(),
-            kind: kind.as_str().to_string(),
-            reason: reason.clone(),
-        })?;
+        self.emit(
+            now,
+            Event::RequestRejected {
+                run: req.run,
+                step: req.step.to_string(),
+                agent: agent.map(ToString::to_string),
+                svid_digest: svid_digest.to_string(),
+                kind: kind.as_str().to_string(),
+                reason: reason.clone(),
+            },
+        )?;
         Ok(TokenReply::Rejected { kind, reason })
     }
 
@@ -585,9 +712,18 @@ impl Engine {
         let now = env.now;
         let run = self.run(req.run)?;
         if run.stepups > run.budget || run.status == RunStatus::Paused {
-            let reason = format!("run made {} step-ups; its budget is {}", run.stepups, run.budget);
+            let reason = format!(
+                "run made {} step-ups; its budget is {}",
+                run.stepups, run.budget
+            );
             if run.status != RunStatus::Paused {
-                self.emit(now, Event::RunPaused { run: req.run, reason: reason.clone() })?;
+                self.emit(
+                    now,
+                    Event::RunPaused {
+                        run: req.run,
+                        reason: reason.clone(),
+                    },
+                )?;
             }
             return Ok(TokenReply::Paused { reason });
         }
@@ -595,9 +731,17 @@ impl Engine {
             Some(id) => id,
             None => self.open_single_batch(env, req, group, policy_ids)?,
         };
-        let batch = self.state.batches.get(&batch_id).ok_or(EngineError::UnknownBatch(batch_id))?.clone();
+        let batch = self
+            .state
+            .batches
+            .get(&batch_id)
+            .ok_or(EngineError::UnknownBatch(batch_id))?
+            .clone();
         match batch.status {
-            BatchStatus::Pending => Ok(TokenReply::Pending { batch: batch_id, group: batch.group }),
+            BatchStatus::Pending => Ok(TokenReply::Pending {
+                batch: batch_id,
+                group: batch.group,
+            }),
             BatchStatus::Approved { valid_until, .. } if valid_until > now => {
                 self.issue(env, req, agent, Some(batch_id), Some(valid_until))
             }
@@ -629,12 +773,25 @@ impl Engine {
         let workflow = self.run(req.run)?.workflow.clone();
         let step = workflow
             .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+            .ok_or_else(|| EngineError::UnknownStep {
+                run: req.run,
+                step: req.step.to_string(),
+            })?;
         let batch = env.ids.next_id(now);
         let items = vec![item_for(step, policy_ids)];
         let binding = binding_digest(&batch, &req.run, group, &items);
         let expires_at = now + env.config.batch_ttl_secs * 1000;
-        self.emit(now, Event::BatchOpened { batch, run: req.run, group: group.to_string(), items, binding, expires_at })?;
+        self.emit(
+            now,
+            Event::BatchOpened {
+                batch,
+                run: req.run,
+                group: group.to_string(),
+                items,
+                binding,
+                expires_at,
+            },
+        )?;
         Ok(batch)
     }
 
@@ -651,18 +808,26 @@ impl Engine {
         let workflow = run.workflow.clone();
         let step = workflow
             .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep { run: req.run, step: req.step.to_string() })?;
+            .ok_or_else(|| EngineError::UnknownStep {
+                run: req.run,
+                step: req.step.to_string(),
+            })?;
 
         // exp is the earliest of: step TTL, the default token TTL, the
         // approval's expiry and the run's deadline — in whole seconds.
         let step_ttl = i64::try_from(step.ttl_secs).unwrap_or(i64::MAX / 2_000) * 1000;
-        let mut exp = (now + step_ttl).min(now + env.config.token_ttl_secs * 1000).min(run.deadline);
+        let mut exp = (now + step_ttl)
+            .min(now + env.config.token_ttl_secs * 1000)
+            .min(run.deadline);
         if let Some(until) = approval_until {
             exp = exp.min(until);
         }
         let (iat_s, exp_s) = (now / 1000, exp / 1000);
         if exp_s <= iat_s {
-            return Ok(TokenReply::Denied { reason: "no time is left before the run's deadline or the approval's expiry".into(), policy_ids: vec![] });
+            return Ok(TokenReply::Denied {
+                reason: "no time is left before the run's deadline or the approval's expiry".into(),
+                policy_ids: vec![],
+            });
         }
         let jti = env.ids.next_id(now);
         let claims = StepClaims {
@@ -684,49 +849,99 @@ impl Engine {
         };
         let token = match env.minter.mint(&claims) {
             Ok(t) => t,
-            Err(e) => return Ok(TokenReply::Denied { reason: format!("signing failed: {e}"), policy_ids: vec![] }),
+            Err(e) => {
+                return Ok(TokenReply::Denied {
+                    reason: format!("signing failed: {e}"),
+                    policy_ids: vec![],
+                })
+            }
         };
-        self.emit(now, Event::TokenIssued {
-            run: req.run,
-            step: step.id.clone(),
+        self.emit(
+            now,
+            Event::TokenIssued {
+                run: req.run,
+                step: step.id.clone(),
+                jti,
+                digest: sha256_text(&token),
+                kid: env.minter.kid().to_string(),
+                sub: agent.to_string(),
+                aud: step.resource.clone(),
+                scopes: req.scopes.to_strings(),
+                iat: iat_s * 1000,
+                exp: exp_s * 1000,
+                approval,
+            },
+        )?;
+        Ok(TokenReply::Issued {
+            token,
             jti,
-            digest: sha256_text(&token),
-            kid: env.minter.kid().to_string(),
-            sub: agent.to_string(),
-            aud: step.resource.clone(),
-            scopes: req.scopes.to_strings(),
-            iat: iat_s * 1000,
             exp: exp_s * 1000,
+            scopes: req.scopes.to_strings(),
             approval,
-        })?;
-        Ok(TokenReply::Issued { token, jti, exp: exp_s * 1000, scopes: req.scopes.to_strings(), approval })
+        })
     }
 
     /// Records a reviewer's decision on a batch.
-    pub fn decide_batch(&mut self, env: &mut Env<'_>, d: &ReviewDecision<'_>) -> Result<DecisionReply, EngineError> {
+    pub fn decide_batch(
+        &mut self,
+        env: &mut Env<'_>,
+        d: &ReviewDecision<'_>,
+    ) -> Result<DecisionReply, EngineError> {
         let now = env.now;
-        let batch = self.state.batches.get(&d.batch).ok_or(EngineError::UnknownBatch(d.batch))?.clone();
+        let batch = self
+            .state
+            .batches
+            .get(&d.batch)
+            .ok_or(EngineError::UnknownBatch(d.batch))?
+            .clone();
         let reviewer = match verify_svid(d.svid, env.trust, &env.config.svid_audience, now / 1000) {
             Ok(v) => v.spiffe_id,
-            Err(e) => return self.refuse(now, &batch, None, RefuseKind::BadIdentity, format!("identity: {e}")),
+            Err(e) => {
+                return self.refuse(
+                    now,
+                    &batch,
+                    None,
+                    RefuseKind::BadIdentity,
+                    format!("identity: {e}"),
+                )
+            }
         };
         let run = self.run(batch.run)?;
         let check = if batch.status != BatchStatus::Pending {
             let status = serde_json::to_value(&batch.status).ok();
-            let state = status.as_ref().and_then(|v| v.get("state")).and_then(|v| v.as_str()).unwrap_or("closed");
-            Some((RefuseKind::AlreadyDecided, format!("batch {} is already {state}", batch.id)))
+            let state = status
+                .as_ref()
+                .and_then(|v| v.get("state"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("closed");
+            Some((
+                RefuseKind::AlreadyDecided,
+                format!("batch {} is already {state}", batch.id),
+            ))
         } else if run.status.is_final() {
             Some((RefuseKind::RunEnded, format!("run {} has ended", run.id)))
         } else if now >= batch.expires_at {
             Some((RefuseKind::Expired, format!("batch {} expired", batch.id)))
         } else if !env.reviewers.is_member(&batch.group, &reviewer) {
-            Some((RefuseKind::NotInGroup, format!("`{reviewer}` is not in reviewer group `{}`", batch.group)))
+            Some((
+                RefuseKind::NotInGroup,
+                format!("`{reviewer}` is not in reviewer group `{}`", batch.group),
+            ))
         } else if run.requester == reviewer.as_str() {
-            Some((RefuseKind::SelfApproval, format!("`{reviewer}` started run {} and may not review it", run.id)))
+            Some((
+                RefuseKind::SelfApproval,
+                format!("`{reviewer}` started run {} and may not review it", run.id),
+            ))
         } else if batch.items.iter().any(|i| i.agent == reviewer.as_str()) {
-            Some((RefuseKind::AgentOfBatch, format!("`{reviewer}` is an agent of this batch")))
+            Some((
+                RefuseKind::AgentOfBatch,
+                format!("`{reviewer}` is an agent of this batch"),
+            ))
         } else if d.binding != batch.binding {
-            Some((RefuseKind::BindingMismatch, "the decision quotes a different binding than the batch shows".to_string()))
+            Some((
+                RefuseKind::BindingMismatch,
+                "the decision quotes a different binding than the batch shows".to_string(),
+            ))
         } else {
             None
         };
@@ -735,16 +950,23 @@ impl Engine {
         }
 
         let valid_until = (now + env.config.approval_ttl_secs * 1000).min(run.deadline);
-        self.emit(now, Event::BatchDecided {
+        self.emit(
+            now,
+            Event::BatchDecided {
+                batch: batch.id,
+                run: batch.run,
+                approved: d.approve,
+                reviewer: reviewer.to_string(),
+                binding: batch.binding.clone(),
+                comment: d.comment.map(|c| c.chars().take(1000).collect()),
+                valid_until,
+            },
+        )?;
+        Ok(DecisionReply::Applied {
             batch: batch.id,
-            run: batch.run,
             approved: d.approve,
-            reviewer: reviewer.to_string(),
-            binding: batch.binding.clone(),
-            comment: d.comment.map(|c| c.chars().take(1000).collect()),
             valid_until,
-        })?;
-        Ok(DecisionReply::Applied { batch: batch.id, approved: d.approve, valid_until })
+        })
     }
 
     fn refuse(
@@ -755,13 +977,16 @@ impl Engine {
         kind: RefuseKind,
         reason: String,
     ) -> Result<DecisionReply, EngineError> {
-        self.emit(now, Event::DecisionRefused {
-            batch: batch.id,
-            run: batch.run,
-            reviewer: reviewer.map(ToString::to_string),
-            kind: kind.as_str().to_string(),
-            reason: reason.clone(),
-        })?;
+        self.emit(
+            now,
+            Event::DecisionRefused {
+                batch: batch.id,
+                run: batch.run,
+                reviewer: reviewer.map(ToString::to_string),
+                kind: kind.as_str().to_string(),
+                reason: reason.clone(),
+            },
+        )?;
         Ok(DecisionReply::Refused { kind, reason })
     }
 
@@ -778,81 +1003,176 @@ impl Engine {
         let now = env.now;
         self.check_step_owner(env, run, step, svid)?;
         let revoked = self.revoke_step(now, run, step, RevokeReason::StepCompleted)?;
-        self.emit(now, Event::StepCompleted { run, step: step.to_string(), summary: summary.chars().take(500).collect() })?;
+        self.emit(
+            now,
+            Event::StepCompleted {
+                run,
+                step: step.to_string(),
+                summary: summary.chars().take(500).collect(),
+            },
+        )?;
 
         let r = self.run(run)?;
         let workflow = r.workflow.clone();
-        let done = |id: &str| r.steps.get(id).is_some_and(|s| s.status == StepStatus::Completed);
+        let done = |id: &str| {
+            r.steps
+                .get(id)
+                .is_some_and(|s| s.status == StepStatus::Completed)
+        };
         let ready: Vec<String> = workflow
             .topo_order()
-            .filter(|s| r.steps.get(&s.id).is_some_and(|st| st.status == StepStatus::Waiting))
+            .filter(|s| {
+                r.steps
+                    .get(&s.id)
+                    .is_some_and(|st| st.status == StepStatus::Waiting)
+            })
             .filter(|s| s.depends_on.iter().all(|d| done(d)))
             .map(|s| s.id.clone())
             .collect();
         let all_done = workflow.steps().iter().all(|s| done(&s.id));
         for id in &ready {
-            self.emit(now, Event::StepReady { run, step: id.clone() })?;
+            self.emit(
+                now,
+                Event::StepReady {
+                    run,
+                    step: id.clone(),
+                },
+            )?;
         }
         if all_done {
             self.close_batches(now, run, "run completed")?;
             self.emit(now, Event::RunCompleted { run })?;
         }
-        Ok(StepReply { ready, run_status: self.run(run)?.status, revoked })
+        Ok(StepReply {
+            ready,
+            run_status: self.run(run)?.status,
+            revoked,
+        })
     }
 
     /// The step's agent reports it failed: the run fails and every live
     /// token of it is revoked.
-    pub fn fail_step(&mut self, env: &mut Env<'_>, run: Uuid, step: &str, svid: &str, reason: &str) -> Result<StepReply, EngineError> {
+    pub fn fail_step(
+        &mut self,
+        env: &mut Env<'_>,
+        run: Uuid,
+        step: &str,
+        svid: &str,
+        reason: &str,
+    ) -> Result<StepReply, EngineError> {
         let now = env.now;
         self.check_step_owner(env, run, step, svid)?;
         let mut revoked = self.revoke_step(now, run, step, RevokeReason::StepFailed)?;
-        self.emit(now, Event::StepFailed { run, step: step.to_string(), reason: reason.chars().take(500).collect() })?;
+        self.emit(
+            now,
+            Event::StepFailed {
+                run,
+                step: step.to_string(),
+                reason: reason.chars().take(500).collect(),
+            },
+        )?;
         revoked.extend(self.revoke_run(now, run, RevokeReason::StepFailed)?);
         self.close_batches(now, run, "run failed")?;
-        self.emit(now, Event::RunFailed { run, step: step.to_string() })?;
-        Ok(StepReply { ready: vec![], run_status: RunStatus::Failed, revoked })
+        self.emit(
+            now,
+            Event::RunFailed {
+                run,
+                step: step.to_string(),
+            },
+        )?;
+        Ok(StepReply {
+            ready: vec![],
+            run_status: RunStatus::Failed,
+            revoked,
+        })
     }
 
-    fn check_step_owner(&self, env: &Env<'_>, run: Uuid, step: &str, svid: &str) -> Result<(), EngineError> {
-        let agent = verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+    fn check_step_owner(
+        &self,
+        env: &Env<'_>,
+        run: Uuid,
+        step: &str,
+        svid: &str,
+    ) -> Result<(), EngineError> {
+        let agent =
+            verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
         let r = self.run(run)?;
-        let declared = r.workflow.step(step).ok_or_else(|| EngineError::UnknownStep { run, step: step.to_string() })?;
+        let declared = r
+            .workflow
+            .step(step)
+            .ok_or_else(|| EngineError::UnknownStep {
+                run,
+                step: step.to_string(),
+            })?;
         if declared.agent != agent {
-            return Err(EngineError::Forbidden(format!("step `{step}` is performed by `{}`, not `{agent}`", declared.agent)));
+            return Err(EngineError::Forbidden(format!(
+                "step `{step}` is performed by `{}`, not `{agent}`",
+                declared.agent
+            )));
         }
         if r.status.is_final() {
             return Err(EngineError::Conflict(format!("run {run} has ended")));
         }
-        let state = r.steps.get(step).ok_or_else(|| EngineError::UnknownStep { run, step: step.to_string() })?;
+        let state = r.steps.get(step).ok_or_else(|| EngineError::UnknownStep {
+            run,
+            step: step.to_string(),
+        })?;
         if state.status != StepStatus::Ready {
-            return Err(EngineError::Conflict(format!("step `{step}` is not in progress")));
+            return Err(EngineError::Conflict(format!(
+                "step `{step}` is not in progress"
+            )));
         }
         if state.tokens.is_empty() {
-            return Err(EngineError::Conflict(format!("step `{step}` never received a token")));
+            return Err(EngineError::Conflict(format!(
+                "step `{step}` never received a token"
+            )));
         }
         Ok(())
     }
 
     /// Cancels a run: revokes every live token and closes its batches.
     /// The requester or any reviewer may cancel.
-    pub fn cancel_run(&mut self, env: &mut Env<'_>, run: Uuid, svid: &str, reason: &str) -> Result<Vec<Uuid>, EngineError> {
+    pub fn cancel_run(
+        &mut self,
+        env: &mut Env<'_>,
+        run: Uuid,
+        svid: &str,
+        reason: &str,
+    ) -> Result<Vec<Uuid>, EngineError> {
         let now = env.now;
         let who = verify_svid(svid, env.trust, &env.config.svid_audience, now / 1000)?.spiffe_id;
         let r = self.run(run)?;
         if r.requester != who.as_str() && !env.reviewers.is_reviewer(&who) {
-            return Err(EngineError::Forbidden(format!("`{who}` neither started run {run} nor reviews")));
+            return Err(EngineError::Forbidden(format!(
+                "`{who}` neither started run {run} nor reviews"
+            )));
         }
         if r.status.is_final() {
-            return Err(EngineError::Conflict(format!("run {run} has already ended")));
+            return Err(EngineError::Conflict(format!(
+                "run {run} has already ended"
+            )));
         }
         let revoked = self.revoke_run(now, run, RevokeReason::RunCancelled)?;
         self.close_batches(now, run, "run cancelled")?;
-        self.emit(now, Event::RunCancelled { run, by: who.to_string(), reason: reason.chars().take(500).collect() })?;
+        self.emit(
+            now,
+            Event::RunCancelled {
+                run,
+                by: who.to_string(),
+                reason: reason.chars().take(500).collect(),
+            },
+        )?;
         Ok(revoked)
     }
 
     /// Lets a paused run go on with `extra` more step-ups. Reviewers only.
-    pub fn resume_run(&mut self, env: &mut Env<'_>, run: Uuid, svid: &str, extra: u32) -> Result<(), EngineError> {
+    pub fn resume_run(
+        &mut self,
+        env: &mut Env<'_>,
+        run: Uuid,
+        svid: &str,
+        extra: u32,
+    ) -> Result<(), EngineError> {
         let now = env.now;
         let who = verify_svid(svid, env.trust, &env.config.svid_audience, now / 1000)?.spiffe_id;
         if !env.reviewers.is_reviewer(&who) {
@@ -860,12 +1180,21 @@ impl Engine {
         }
         let r = self.run(run)?;
         if r.requester == who.as_str() {
-            return Err(EngineError::Forbidden(format!("`{who}` started run {run} and may not resume it")));
+            return Err(EngineError::Forbidden(format!(
+                "`{who}` started run {run} and may not resume it"
+            )));
         }
         if r.status != RunStatus::Paused {
             return Err(EngineError::Conflict(format!("run {run} is not paused")));
         }
-        self.emit(now, Event::RunResumed { run, by: who.to_string(), extra_budget: extra })
+        self.emit(
+            now,
+            Event::RunResumed {
+                run,
+                by: who.to_string(),
+                extra_budget: extra,
+            },
+        )
     }
 
     /// Expires what is due at `now`: tokens past `exp`, undecided batches,
@@ -902,24 +1231,55 @@ impl Engine {
         for run in late {
             self.revoke_run(now, run, RevokeReason::RunDeadline)?;
             self.close_batches(now, run, "run deadline passed")?;
-            self.emit(now, Event::RunCancelled { run, by: "deadline".into(), reason: "the run's deadline passed".into() })?;
+            self.emit(
+                now,
+                Event::RunCancelled {
+                    run,
+                    by: "deadline".into(),
+                    reason: "the run's deadline passed".into(),
+                },
+            )?;
         }
         Ok(self.pending.len() > before)
     }
 
-    fn revoke_step(&mut self, now: Millis, run: Uuid, step: &str, reason: RevokeReason) -> Result<Vec<Uuid>, EngineError> {
+    fn revoke_step(
+        &mut self,
+        now: Millis,
+        run: Uuid,
+        step: &str,
+        reason: RevokeReason,
+    ) -> Result<Vec<Uuid>, EngineError> {
         let live = self.run(run)?.steps.get(step).and_then(|s| s.live_token);
-        let live = live.filter(|jti| self.state.tokens.get(jti).is_some_and(|t| t.status == TokenStatus::Live));
+        let live = live.filter(|jti| {
+            self.state
+                .tokens
+                .get(jti)
+                .is_some_and(|t| t.status == TokenStatus::Live)
+        });
         match live {
             Some(jti) => {
-                self.emit(now, Event::TokenRevoked { run, step: step.to_string(), jti, reason })?;
+                self.emit(
+                    now,
+                    Event::TokenRevoked {
+                        run,
+                        step: step.to_string(),
+                        jti,
+                        reason,
+                    },
+                )?;
                 Ok(vec![jti])
             }
             None => Ok(vec![]),
         }
     }
 
-    fn revoke_run(&mut self, now: Millis, run: Uuid, reason: RevokeReason) -> Result<Vec<Uuid>, EngineError> {
+    fn revoke_run(
+        &mut self,
+        now: Millis,
+        run: Uuid,
+        reason: RevokeReason,
+    ) -> Result<Vec<Uuid>, EngineError> {
         let steps: Vec<String> = self.run(run)?.steps.keys().cloned().collect();
         let mut revoked = vec![];
         for step in steps {
@@ -933,16 +1293,31 @@ impl Engine {
             .run(run)?
             .batches
             .iter()
-            .filter(|b| self.state.batches.get(b).is_some_and(|b| b.status == BatchStatus::Pending))
+            .filter(|b| {
+                self.state
+                    .batches
+                    .get(b)
+                    .is_some_and(|b| b.status == BatchStatus::Pending)
+            })
             .copied()
             .collect();
         for batch in open {
-            self.emit(now, Event::BatchWithdrawn { batch, run, reason: reason.to_string() })?;
+            self.emit(
+                now,
+                Event::BatchWithdrawn {
+                    batch,
+                    run,
+                    reason: reason.to_string(),
+                },
+            )?;
         }
         Ok(())
     }
 
     fn run(&self, run: Uuid) -> Result<&super::state::Run, EngineError> {
-        self.state.runs.get(&run).ok_or(EngineError::UnknownRun(run))
+        self.state
+            .runs
+            .get(&run)
+            .ok_or(EngineError::UnknownRun(run))
     }
 }

@@ -33,7 +33,10 @@ pub enum RunStatus {
 impl RunStatus {
     /// True once the run can change no more.
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 
@@ -266,8 +269,17 @@ impl State {
             RunStarted { .. } => self.start_run(at, event)?,
             StepReady { run, step } => self.step_mut(kind, run, step)?.status = StepStatus::Ready,
             TokenRequested { .. } | RequestRejected { .. } => {}
-            Decided { run, step, outcome, .. } => self.decided(kind, run, step, outcome)?,
-            BatchOpened { batch, run, group, items, binding, expires_at } => {
+            Decided {
+                run, step, outcome, ..
+            } => self.decided(kind, run, step, outcome)?,
+            BatchOpened {
+                batch,
+                run,
+                group,
+                items,
+                binding,
+                expires_at,
+            } => {
                 let record = Batch {
                     id: *batch,
                     run: *run,
@@ -287,18 +299,45 @@ impl State {
                 }
                 self.batches.insert(*batch, record);
             }
-            BatchDecided { batch, approved, reviewer, valid_until, .. } => {
+            BatchDecided {
+                batch,
+                approved,
+                reviewer,
+                valid_until,
+                ..
+            } => {
                 let b = self.batch_mut(kind, batch)?;
                 b.status = if *approved {
-                    BatchStatus::Approved { by: reviewer.clone(), valid_until: *valid_until }
+                    BatchStatus::Approved {
+                        by: reviewer.clone(),
+                        valid_until: *valid_until,
+                    }
                 } else {
-                    BatchStatus::Denied { by: reviewer.clone() }
+                    BatchStatus::Denied {
+                        by: reviewer.clone(),
+                    }
                 };
             }
-            BatchExpired { batch, .. } => self.batch_mut(kind, batch)?.status = BatchStatus::Expired,
-            BatchWithdrawn { batch, .. } => self.batch_mut(kind, batch)?.status = BatchStatus::Withdrawn,
+            BatchExpired { batch, .. } => {
+                self.batch_mut(kind, batch)?.status = BatchStatus::Expired
+            }
+            BatchWithdrawn { batch, .. } => {
+                self.batch_mut(kind, batch)?.status = BatchStatus::Withdrawn
+            }
             DecisionRefused { .. } => {}
-            TokenIssued { run, step, jti, digest, kid, sub, aud, scopes, iat, exp, approval } => {
+            TokenIssued {
+                run,
+                step,
+                jti,
+                digest,
+                kid,
+                sub,
+                aud,
+                scopes,
+                iat,
+                exp,
+                approval,
+            } => {
                 let s = self.step_mut(kind, run, step)?;
                 s.live_token = Some(*jti);
                 s.tokens.push(*jti);
@@ -319,8 +358,16 @@ impl State {
                 self.tokens.insert(*jti, record);
                 self.by_digest.insert(digest.clone(), *jti);
             }
-            TokenRevoked { run, step, jti, reason } => {
-                self.token_mut(kind, jti)?.status = TokenStatus::Revoked { reason: *reason, at };
+            TokenRevoked {
+                run,
+                step,
+                jti,
+                reason,
+            } => {
+                self.token_mut(kind, jti)?.status = TokenStatus::Revoked {
+                    reason: *reason,
+                    at,
+                };
                 self.clear_live(kind, run, step, jti)?;
             }
             TokenExpired { run, step, jti } => {
@@ -330,9 +377,13 @@ impl State {
             StepCompleted { run, step, .. } => {
                 self.step_mut(kind, run, step)?.status = StepStatus::Completed
             }
-            StepFailed { run, step, .. } => self.step_mut(kind, run, step)?.status = StepStatus::Failed,
+            StepFailed { run, step, .. } => {
+                self.step_mut(kind, run, step)?.status = StepStatus::Failed
+            }
             RunPaused { run, .. } => self.run_mut(kind, run)?.status = RunStatus::Paused,
-            RunResumed { run, extra_budget, .. } => {
+            RunResumed {
+                run, extra_budget, ..
+            } => {
                 let r = self.run_mut(kind, run)?;
                 r.status = RunStatus::Active;
                 r.budget = r.budget.saturating_add(*extra_budget);
@@ -345,16 +396,28 @@ impl State {
     }
 
     fn start_run(&mut self, at: Millis, event: &Event) -> Result<(), ApplyError> {
-        let Event::RunStarted { run, requester, workflow, workflow_json, policy_digest, deadline, stepup_budget, .. } =
-            event
+        let Event::RunStarted {
+            run,
+            requester,
+            workflow,
+            workflow_json,
+            policy_digest,
+            deadline,
+            stepup_budget,
+            ..
+        } = event
         else {
             return Ok(());
         };
         if self.runs.contains_key(run) {
             return Err(ApplyError::DuplicateRun(*run));
         }
-        let parsed = Workflow::parse("<stored workflow>", workflow_json)
-            .map_err(|e| ApplyError::Workflow { run: *run, message: e.to_string() })?;
+        let parsed = Workflow::parse("<stored workflow>", workflow_json).map_err(|e| {
+            ApplyError::Workflow {
+                run: *run,
+                message: e.to_string(),
+            }
+        })?;
         let steps = parsed
             .steps()
             .iter()
@@ -388,9 +451,18 @@ impl State {
         Ok(())
     }
 
-    fn decided(&mut self, kind: &'static str, run: &Uuid, step: &str, outcome: &Outcome) -> Result<(), ApplyError> {
+    fn decided(
+        &mut self,
+        kind: &'static str,
+        run: &Uuid,
+        step: &str,
+        outcome: &Outcome,
+    ) -> Result<(), ApplyError> {
         let r = self.run_mut(kind, run)?;
-        let s = r.steps.get_mut(step).ok_or_else(|| unknown(kind, "step", step))?;
+        let s = r
+            .steps
+            .get_mut(step)
+            .ok_or_else(|| unknown(kind, "step", step))?;
         s.last_outcome = Some(outcome.clone());
         if matches!(outcome, Outcome::StepUp { .. }) && !s.stepped_up {
             s.stepped_up = true;
@@ -399,7 +471,13 @@ impl State {
         Ok(())
     }
 
-    fn clear_live(&mut self, kind: &'static str, run: &Uuid, step: &str, jti: &Uuid) -> Result<(), ApplyError> {
+    fn clear_live(
+        &mut self,
+        kind: &'static str,
+        run: &Uuid,
+        step: &str,
+        jti: &Uuid,
+    ) -> Result<(), ApplyError> {
         let s = self.step_mut(kind, run, step)?;
         if s.live_token == Some(*jti) {
             s.live_token = None;
@@ -408,22 +486,44 @@ impl State {
     }
 
     fn run_mut(&mut self, kind: &'static str, run: &Uuid) -> Result<&mut Run, ApplyError> {
-        self.runs.get_mut(run).ok_or(ApplyError::UnknownRun { kind, run: *run })
+        self.runs
+            .get_mut(run)
+            .ok_or(ApplyError::UnknownRun { kind, run: *run })
     }
 
-    fn step_mut(&mut self, kind: &'static str, run: &Uuid, step: &str) -> Result<&mut StepState, ApplyError> {
-        self.run_mut(kind, run)?.steps.get_mut(step).ok_or_else(|| unknown(kind, "step", step))
+    fn step_mut(
+        &mut self,
+        kind: &'static str,
+        run: &Uuid,
+        step: &str,
+    ) -> Result<&mut StepState, ApplyError> {
+        self.run_mut(kind, run)?
+            .steps
+            .get_mut(step)
+            .ok_or_else(|| unknown(kind, "step", step))
     }
 
     fn batch_mut(&mut self, kind: &'static str, batch: &Uuid) -> Result<&mut Batch, ApplyError> {
-        self.batches.get_mut(batch).ok_or_else(|| unknown(kind, "batch", &batch.to_string()))
+        self.batches
+            .get_mut(batch)
+            .ok_or_else(|| unknown(kind, "batch", &batch.to_string()))
     }
 
-    fn token_mut(&mut self, kind: &'static str, jti: &Uuid) -> Result<&mut TokenRecord, ApplyError> {
-        self.tokens.get_mut(jti).ok_or_else(|| unknown(kind, "token", &jti.to_string()))
+    fn token_mut(
+        &mut self,
+        kind: &'static str,
+        jti: &Uuid,
+    ) -> Result<&mut TokenRecord, ApplyError> {
+        self.tokens
+            .get_mut(jti)
+            .ok_or_else(|| unknown(kind, "token", &jti.to_string()))
     }
 }
 
 fn unknown(kind: &'static str, what: &'static str, id: &str) -> ApplyError {
-    ApplyError::Unknown { kind, what, id: id.to_string() }
+    ApplyError::Unknown {
+        kind,
+        what,
+        id: id.to_string(),
+    }
 }

@@ -33,8 +33,11 @@ pub fn workflow(name: &str) -> Workflow {
 }
 
 pub fn policy(name: &str, wf: &Workflow) -> PolicySet {
-    PolicySet::load(&example(name).join("policy.cedar"), wf.steps().iter().map(|s| s.action.as_str()))
-        .expect("example policy loads")
+    PolicySet::load(
+        &example(name).join("policy.cedar"),
+        wf.steps().iter().map(|s| s.action.as_str()),
+    )
+    .expect("example policy loads")
 }
 
 pub fn reviewers(name: &str) -> Reviewers {
@@ -92,11 +95,17 @@ impl World {
 
     /// A JWT-SVID for `who`, valid for 5 minutes from now.
     pub fn svid(&self, who: &str) -> String {
-        self.td.mint_svid(&id(who), "stepgate", self.now / 1000, 300).expect("mint svid")
+        self.td
+            .mint_svid(&id(who), "stepgate", self.now / 1000, 300)
+            .expect("mint svid")
     }
 
     pub fn agent_of(&self, step: &str) -> String {
-        self.workflow.step(step).expect("step exists").agent.to_string()
+        self.workflow
+            .step(step)
+            .expect("step exists")
+            .agent
+            .to_string()
     }
 }
 
@@ -105,7 +114,10 @@ pub fn dev_domain() -> DevTrustDomain {
     use std::sync::OnceLock;
     static DER: OnceLock<Vec<u8>> = OnceLock::new();
     let der = DER.get_or_init(|| {
-        DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng).expect("generate dev trust domain").to_pkcs8_der().expect("der")
+        DevTrustDomain::generate(DOMAIN, &mut rand_core::OsRng)
+            .expect("generate dev trust domain")
+            .to_pkcs8_der()
+            .expect("der")
     });
     DevTrustDomain::from_pkcs8_der(DOMAIN, der).expect("reload dev trust domain")
 }
@@ -114,7 +126,9 @@ pub fn dev_domain() -> DevTrustDomain {
 pub fn start(engine: &mut Engine, world: &mut World) -> stepgate::engine::RunStartedReply {
     let svid = world.svid(DANA);
     let wf = world.workflow.clone();
-    let reply = engine.start_run(&mut world.env(), &svid, &wf).expect("run starts");
+    let reply = engine
+        .start_run(&mut world.env(), &svid, &wf)
+        .expect("run starts");
     engine.take_events();
     reply
 }
