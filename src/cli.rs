@@ -286,8 +286,8 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         .unwrap_or(4)
         .max(4);
     println!(
-        "  {:<width$}  {:<8}  {:<8}  {}",
-        "step", "risk", "decision", "policies / reason"
+        "  {:<width$}  {:<8}  {:<8}  policies / reason",
+        "step", "risk", "decision"
     );
     for s in &plan.steps {
         let label = match &s.decision.outcome {

@@ -1,6 +1,13 @@
 //! The service on a real sled store: durability, restart, tamper
 //! detection, and the in-process transport with its clients.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers stop at the first surprise"
+)]
+
 mod common;
 
 use std::sync::Arc;

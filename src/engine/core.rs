@@ -82,7 +82,7 @@ impl Ids for V7Ids {
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
             ms / 1000,
-            ((ms % 1000) * 1_000_000) as u32,
+            u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
         );
         Uuid::new_v7(ts)
     }
@@ -1001,7 +1001,7 @@ impl Engine {
         summary: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid)?;
+        self.check_step_owner(env, run, step, svid, true)?;
         let revoked = self.revoke_step(now, run, step, RevokeReason::StepCompleted)?;
         self.emit(
             now,
@@ -1061,7 +1061,7 @@ impl Engine {
         reason: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid)?;
+        self.check_step_owner(env, run, step, svid, false)?;
         let mut revoked = self.revoke_step(now, run, step, RevokeReason::StepFailed)?;
         self.emit(
             now,
@@ -1093,6 +1093,7 @@ impl Engine {
         run: Uuid,
         step: &str,
         svid: &str,
+        needs_token: bool,
     ) -> Result<(), EngineError> {
         let agent =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
@@ -1122,7 +1123,9 @@ impl Engine {
                 "step `{step}` is not in progress"
             )));
         }
-        if state.tokens.is_empty() {
+        // Completing needs a token (the work was authorized); failing does not:
+        // a denied step fails without one.
+        if needs_token && state.tokens.is_empty() {
             return Err(EngineError::Conflict(format!(
                 "step `{step}` never received a token"
             )));
