@@ -1,4 +1,20 @@
-//! stepgate
+//! stepgate: task-bounded tokens for AI agents.
+//!
+//! An agent proves its workload identity (a SPIFFE JWT-SVID) and asks for
+//! a token for one step of a workflow. A Cedar policy decides — allow,
+//! deny, or allow after review — and an allowed step gets a short-lived,
+//! single-audience JWT carrying exactly the scopes asked for. Step-ups on
+//! one chain of the workflow graph are reviewed as one batch. Every state
+//! change is an event in a hash-chained sled log, replayed for audit.
+//!
+//! The decision core ([`workflow`], [`scope`], [`policy`], [`review`],
+//! [`plan`], [`event`], [`chain`], [`engine`]) does no I/O and reads no
+//! clock. Around it: [`store`] (sled), [`token`] and [`identity`]
+//! (signatures), [`service`] (the task that owns the engine), [`bus`] and
+//! [`client`] (transports and clients), [`audit`], [`demo`] and [`cli`].
+//!
+//! See README.md for the file formats, the token claims and the CLI.
+
 pub mod audit;
 pub mod bus;
 pub mod chain;
