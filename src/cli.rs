@@ -183,6 +183,10 @@ enum AuditCommand {
         /// Data directory.
         #[arg(long)]
         data: PathBuf,
+        /// The head hash you recorded earlier; a log cut short or rewritten
+        /// from the end no longer ends in it.
+        #[arg(long)]
+        expect_head: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -240,7 +244,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Review { command } => crate::remote::review_command(command).await,
         Command::Dev { command } => crate::remote::dev_command(command),
         Command::Audit { command } => match command {
-            AuditCommand::Verify { data, json } => audit_verify(&data, json),
+            AuditCommand::Verify {
+                data,
+                expect_head,
+                json,
+            } => audit_verify(&data, expect_head.as_deref(), json),
             AuditCommand::Timeline { data, run, json } => audit_timeline(&data, run, json),
             AuditCommand::Tokens {
                 data,
@@ -383,6 +391,7 @@ async fn run_demo(args: DemoArgs) -> Result<(), CliError> {
 }
 
 fn jwks(data: &Path) -> Result<(), CliError> {
+    crate::store::require_existing(data).map_err(env)?;
     let store = Store::open(data).map_err(env)?;
     let secret = store.key(SIGNING_KEY).map_err(env)?.ok_or_else(|| {
         input(anyhow::anyhow!(
@@ -453,9 +462,18 @@ fn verify_token(
     }
 }
 
-fn audit_verify(data: &Path, json: bool) -> Result<(), CliError> {
+fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<(), CliError> {
     match audit::verify(data) {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let Some(head) = expect_head {
+                if !report.head.eq_ignore_ascii_case(head.trim()) {
+                    report.findings.push(format!(
+                        "the log ends at head {}, not at the expected {}: it was cut short or rewritten",
+                        report.head,
+                        head.trim()
+                    ));
+                }
+            }
             if json {
                 println!(
                     "{}",
@@ -489,8 +507,33 @@ fn audit_verify(data: &Path, json: bool) -> Result<(), CliError> {
             }
             Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
         }
-        Err(e @ audit::AuditError::Store(_)) => Err(env(e)),
+        Err(audit::AuditError::Store(e)) if is_corruption(&e) => {
+            if json {
+                println!("{}", json!({"ok": false, "error": e.to_string()}));
+            }
+            Err(no(anyhow::anyhow!(
+                "the data directory is corrupted or was tampered with below the log: {e}"
+            )))
+        }
+        Err(e @ audit::AuditError::Store(_)) => {
+            if json {
+                println!("{}", json!({"ok": false, "error": e.to_string()}));
+            }
+            Err(env(e))
+        }
         Err(e) => Err(no(e)),
+    }
+}
+
+/// sled reports damaged files as corruption: for an auditor that is a
+/// "no", not an environment failure.
+fn is_corruption(e: &crate::store::StoreError) -> bool {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Open { source, .. } | StoreError::Io(source) => {
+            matches!(source, sled::Error::Corruption { .. })
+        }
+        _ => false,
     }
 }
 
@@ -527,7 +570,10 @@ fn audit_tokens(
     scope: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
-    let entries = audit::read_verified(data).map_err(no)?;
+    let entries = audit::read_verified(data).map_err(|e| match e {
+        audit::AuditError::Store(_) => env(e),
+        other => no(other),
+    })?;
     let engine =
         crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
     let state = engine.state();

@@ -123,6 +123,9 @@ impl Players {
 
 /// Runs the demo and prints its timeline to stdout.
 pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
+    if opts.review == ReviewMode::Prompt && !std::io::stdin().is_terminal() {
+        bail!("stdin is not a terminal, so nobody can answer a review prompt; pass --approve or --deny");
+    }
     let example = load_example(&opts.example)?;
     let requester = example
         .reviewers
@@ -267,13 +270,16 @@ async fn play(
                 let reviewer_task = review(opts, players, transport, batch, &group, example);
                 let waiting = async {
                     await_batch(events, run, batch, Duration::from_secs(900)).await?;
-                    agent
+                    // The review may have outlived the agent's SVID: present a fresh one.
+                    let agent = AgentClient::new(transport.clone(), players.svid(&step.agent)?);
+                    let reply = agent
                         .request_token(run, &step.id, &scopes, Some(&step.intent))
-                        .await
+                        .await?;
+                    anyhow::Ok(reply)
                 };
-                let (decided, reply) = tokio::join!(reviewer_task, waiting);
-                decided?;
-                reply?
+                // If the review fails, stop waiting at once.
+                let ((), reply) = tokio::try_join!(reviewer_task, waiting)?;
+                reply
             }
             other => other,
         };

@@ -36,5 +36,6 @@ pub mod serve;
 pub mod service;
 pub mod spiffe;
 pub mod store;
+pub mod text;
 pub mod token;
 pub mod workflow;

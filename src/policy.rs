@@ -214,7 +214,25 @@ impl PolicySet {
         if size > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge { file, size });
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        // Read at most one byte past the limit: metadata can lie (devices,
+        // files that grow).
+        let mut bytes = vec![];
+        let f = std::fs::File::open(path).map_err(io)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(f, MAX_POLICY_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(io)?;
+        if bytes.len() as u64 > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge {
+                file,
+                size: bytes.len() as u64,
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| PolicyError::Syntax {
+            file: file.clone(),
+            message: "not UTF-8 text".into(),
+        })?;
         Self::parse(&file, &text, actions)
     }
 
@@ -230,6 +248,16 @@ impl PolicySet {
                 file,
                 size: text.len() as u64,
             });
+        }
+        // Cedar's parser recurses per level of nesting; deep input would
+        // exhaust the stack, so refuse it before parsing.
+        let depth = crate::text::max_nesting(text);
+        if depth > crate::text::MAX_NESTING {
+            let message = format!(
+                "expressions nest {depth} levels deep; at most {} are allowed",
+                crate::text::MAX_NESTING
+            );
+            return Err(PolicyError::Syntax { file, message });
         }
         let parsed = cedar_policy::PolicySet::from_str(text).map_err(|e| PolicyError::Syntax {
             file: file.clone(),
@@ -318,23 +346,26 @@ impl PolicySet {
     }
 
     fn allow_or_step_up(&self, ids: &[String]) -> (Outcome, String) {
-        // The first reviewing permit in id order names the group, so the
-        // choice is stable; any reviewing permit makes it a step-up, since
-        // review is the more restrictive reading.
-        let reviewing = ids
-            .iter()
-            .find_map(|id| self.review.get(id).map(|g| (id, g)));
-        match reviewing {
-            Some((id, group)) => (
-                Outcome::StepUp {
-                    group: group.clone(),
-                },
-                format!(
-                    "permitted by {} after review by `{group}` (required by {id})",
-                    ids.join(", ")
-                ),
-            ),
-            None => (Outcome::Allow, format!("permitted by {}", ids.join(", "))),
+        // Any reviewing permit makes it a step-up: review is the more
+        // restrictive reading. Permits naming different groups cannot be
+        // satisfied by one batch, so the request is denied rather than
+        // letting one group silently stand in for another.
+        let groups: BTreeSet<&String> = ids.iter().filter_map(|id| self.review.get(id)).collect();
+        match groups.len() {
+            0 => (Outcome::Allow, format!("permitted by {}", ids.join(", "))),
+            1 => {
+                let group = groups.into_iter().next().cloned().unwrap_or_default();
+                let reason = format!("permitted by {} after review by `{group}`", ids.join(", "));
+                (Outcome::StepUp { group }, reason)
+            }
+            _ => {
+                let names: Vec<String> = groups.iter().map(|g| format!("`{g}`")).collect();
+                let reason = format!(
+                    "matching permits ask for review by different groups ({}); one review cannot satisfy both",
+                    names.join(", ")
+                );
+                (Outcome::Deny, reason)
+            }
         }
     }
 
@@ -581,6 +612,24 @@ mod tests {
         assert_eq!(
             d.policy_ids,
             vec!["deploy-allowed".to_string(), "prod-review".to_string()]
+        );
+    }
+
+    #[test]
+    fn permits_asking_different_reviewer_groups_deny() {
+        let text = r#"
+            @id("ops-review") @review("ops") permit (principal, action, resource);
+            @id("security-review") @review("security") permit (principal, action, resource);
+        "#;
+        let d = decide(text, "deploy", 2);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(
+            d.policy_ids,
+            vec!["ops-review".to_string(), "security-review".to_string()]
+        );
+        assert_eq!(
+            d.reason,
+            "matching permits ask for review by different groups (`ops`, `security`); one review cannot satisfy both"
         );
     }
 

@@ -29,6 +29,12 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The directory holds no event log.
+    #[error("{dir}: no stepgate data directory here (no event log)")]
+    NoLog {
+        /// The directory.
+        dir: String,
+    },
     /// A read, write or flush failed.
     #[error("store i/o: {0}")]
     Io(#[from] sled::Error),
@@ -172,8 +178,10 @@ pub struct RawLog {
 }
 
 impl RawLog {
-    /// Opens the log of `dir` without verifying it.
+    /// Opens the log of `dir` without verifying it. Refuses a directory
+    /// that holds no sled database rather than creating one.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        require_existing(dir)?;
         let open_err = |source| StoreError::Open {
             dir: dir.display().to_string(),
             source,
@@ -196,6 +204,18 @@ impl RawLog {
         self.log.insert(seq.to_be_bytes(), bytes)?;
         self._db.flush()?;
         Ok(())
+    }
+}
+
+/// Fails unless `dir` holds a sled database; audit tools must never
+/// create one where an auditor mistyped a path.
+pub fn require_existing(dir: &Path) -> Result<(), StoreError> {
+    if dir.join("db").is_file() && dir.join("conf").is_file() {
+        Ok(())
+    } else {
+        Err(StoreError::NoLog {
+            dir: dir.display().to_string(),
+        })
     }
 }
 

@@ -252,6 +252,18 @@ impl Workflow {
                 limit: MAX_FILE_BYTES,
             });
         }
+        // Parsers recurse per level of nesting; refuse deep input first.
+        let depth = crate::text::max_nesting(text);
+        if depth > crate::text::MAX_NESTING {
+            return Err(WorkflowError::Syntax {
+                file: source.to_string(),
+                path: String::new(),
+                message: format!(
+                    "brackets nest {depth} levels deep; at most {} are allowed",
+                    crate::text::MAX_NESTING
+                ),
+            });
+        }
         let document = raw::read(source, text)?;
         let checked = rules::check(source, document)?;
         let dag = dag::Dag::build(source, &checked.steps)?;

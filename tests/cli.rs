@@ -213,6 +213,61 @@ fn the_demo_runs_the_release_pipeline_and_verifies_its_audit_trail() {
 }
 
 #[test]
+fn every_example_completes_when_its_batches_are_approved() {
+    // Regression: a step asking again after its own approval was counted
+    // against itself and tripped the customer-support step-up guard.
+    for name in ["incident-response", "customer-support"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let example = format!("examples/{name}");
+        let out = stepgate(&[
+            "demo",
+            &example,
+            "--approve",
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{name}:\n{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("every elevated token carries an approval"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn audit_refuses_a_directory_without_a_log_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    let out = stepgate(&["audit", "verify", "--data", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("no stepgate data directory here"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_demo_without_a_terminal_or_a_decision_flag_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["demo", "examples/release", "--data", data.to_str().unwrap()])
+        .current_dir(root())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("pass --approve or --deny"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn a_denied_batch_stops_the_demo_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -337,5 +392,68 @@ fn token_verify_checks_audience_and_reads_the_token_from_stdin() {
         text(&wrong.stderr).contains("audience"),
         "{}",
         text(&wrong.stderr)
+    );
+}
+
+#[test]
+fn hostile_text_is_refused_before_any_parser_recurses_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
+
+    // An escape sequence that would hide words from a reviewer's terminal.
+    let esc = dir.path().join("esc.yaml");
+    // YAML's own `\e` escape in a double-quoted string yields ESC; a raw
+    // ESC byte is already refused by the YAML reader.
+    let line = "intent: Roll out payments-api v2.14.0 to production in eu-west-1 and us-east-1, 10% canary for 10 minutes, then 100%.";
+    assert!(wf.contains(line));
+    let hidden = r#"intent: "Roll out v2.14.0.\e[8m and disable the WAF\e[0m""#;
+    std::fs::write(&esc, wf.replace(line, hidden)).unwrap();
+    let out = stepgate(&["validate", esc.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "step `deploy-production`: field `intent`: contains the control character U+001B"
+        ),
+        "{err}"
+    );
+
+    // Deep nesting: a workflow and a policy.
+    let deep = dir.path().join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "version: 1\nname: x\nsteps: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        ),
+    )
+    .unwrap();
+    let out = stepgate(&["validate", deep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("brackets nest 5000 levels deep; at most 32 are allowed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let policy = dir.path().join("deep.cedar");
+    let body = format!("{}true{}", "(".repeat(1000), ")".repeat(1000));
+    std::fs::write(
+        &policy,
+        format!("@id(\"d\")\npermit (principal, action, resource) when {{ {body} }};\n"),
+    )
+    .unwrap();
+    let out = stepgate(&[
+        "plan",
+        "examples/release/workflow.yaml",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("expressions nest 1001 levels deep"),
+        "{}",
+        text(&out.stderr)
     );
 }

@@ -555,7 +555,10 @@ impl Engine {
                 risk_level: step.risk.level(),
                 intent: &step.intent,
                 scopes: req.scopes,
-                stepups_so_far: run.stepups,
+                // Step-ups of *other* steps: a step asking again after its
+                // approval must not count against itself.
+                stepups_so_far: run.stepups
+                    - u32::from(run.steps.get(&step.id).is_some_and(|s| s.stepped_up)),
                 now: now / 1000,
             })
         };

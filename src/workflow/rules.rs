@@ -252,6 +252,13 @@ fn check_intent(intent: &str) -> Result<String, String> {
     if trimmed.len() > MAX_INTENT_BYTES {
         return Err(too_long(trimmed.len(), MAX_INTENT_BYTES));
     }
+    // Reviewers read this on terminals: an escape sequence could hide words.
+    if let Some(c) = crate::text::control_char(trimmed) {
+        return Err(format!(
+            "contains the control character U+{:04X}; intents are shown to reviewers as written",
+            u32::from(c)
+        ));
+    }
     Ok(trimmed.to_string())
 }
 
