@@ -120,6 +120,8 @@ pub enum Request {
         /// Batch id.
         batch: Uuid,
     },
+    /// Liveness and readiness.
+    Health,
 }
 
 /// Every answer stepgate gives.
@@ -151,6 +153,15 @@ pub enum Response {
     Batches {
         /// The batches.
         batches: Vec<BatchView>,
+    },
+    /// The service is up.
+    Health {
+        /// True when the store is open and the log replayed.
+        ready: bool,
+        /// Events in the log.
+        events: u64,
+        /// Signing key id.
+        kid: String,
     },
     /// A request that changed nothing, and why.
     Error {

@@ -43,7 +43,7 @@ struct Record {
 }
 
 /// One event with its place in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Sequence number, from 0.
     pub seq: u64,
@@ -231,6 +231,22 @@ impl Verifier {
             event: body.event,
         })
     }
+}
+
+/// Decodes one record without checking its place in the chain.
+pub fn decode(key_seq: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
+    let decode = |reason: String| ChainError::Decode {
+        seq: key_seq,
+        reason,
+    };
+    let record: Record = rmp_serde::from_slice(bytes).map_err(|e| decode(e.to_string()))?;
+    let body: Body = rmp_serde::from_slice(&record.body).map_err(|e| decode(e.to_string()))?;
+    Ok(Entry {
+        seq: body.seq,
+        at: body.at,
+        hash: hex::encode(&record.hash),
+        event: body.event,
+    })
 }
 
 #[cfg(test)]

@@ -43,17 +43,17 @@ impl CliError {
 }
 
 /// Bad input: exit 2.
-fn input(e: impl Into<anyhow::Error>) -> CliError {
+pub(crate) fn input(e: impl Into<anyhow::Error>) -> CliError {
     CliError::new(2, e)
 }
 
 /// Environment failure: exit 3.
-fn env(e: impl Into<anyhow::Error>) -> CliError {
+pub(crate) fn env(e: impl Into<anyhow::Error>) -> CliError {
     CliError::new(3, e)
 }
 
 /// Negative answer: exit 1.
-fn no(e: impl Into<anyhow::Error>) -> CliError {
+pub(crate) fn no(e: impl Into<anyhow::Error>) -> CliError {
     CliError::new(1, e)
 }
 
@@ -106,6 +106,23 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Serve the engine on NATS until SIGINT/SIGTERM.
+    Serve(crate::serve::ServeArgs),
+    /// Runs on a serving engine, over NATS.
+    Run {
+        #[command(subcommand)]
+        command: crate::remote::RunCommand,
+    },
+    /// Review batches on a serving engine, over NATS.
+    Review {
+        #[command(subcommand)]
+        command: crate::remote::ReviewCommand,
+    },
+    /// A local development trust domain: a bundle to trust and SVIDs to present.
+    Dev {
+        #[command(subcommand)]
+        command: crate::remote::DevCommand,
     },
 }
 
@@ -218,6 +235,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     json,
                 },
         } => verify_token(&token, &jwks, &aud, &iss, json),
+        Command::Serve(args) => crate::serve::run(args).await,
+        Command::Run { command } => crate::remote::run_command(command).await,
+        Command::Review { command } => crate::remote::review_command(command).await,
+        Command::Dev { command } => crate::remote::dev_command(command),
         Command::Audit { command } => match command {
             AuditCommand::Verify { data, json } => audit_verify(&data, json),
             AuditCommand::Timeline { data, run, json } => audit_timeline(&data, run, json),

@@ -200,6 +200,9 @@ pub struct Introspection {
 
 enum Cmd {
     Dispatch(Box<Request>, oneshot::Sender<Response>),
+    EntriesFrom(u64, usize, oneshot::Sender<Result<Vec<Entry>, StoreError>>),
+    Cursor(String, oneshot::Sender<Result<u64, StoreError>>),
+    SetCursor(String, u64, oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -240,6 +243,36 @@ impl Handle {
     /// The signing key id.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// Up to `limit` committed events from `seq` on.
+    pub async fn entries_from(&self, seq: u64, limit: usize) -> Result<Vec<Entry>, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::EntriesFrom(seq, limit, tx))
+            .await
+            .map_err(|_| ServiceError::Closed)?;
+        Ok(rx.await.map_err(|_| ServiceError::Closed)??)
+    }
+
+    /// A named cursor (next sequence number to process) kept in the store.
+    pub async fn cursor(&self, name: &str) -> Result<u64, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Cursor(name.to_string(), tx))
+            .await
+            .map_err(|_| ServiceError::Closed)?;
+        Ok(rx.await.map_err(|_| ServiceError::Closed)??)
+    }
+
+    /// Stores a named cursor.
+    pub async fn set_cursor(&self, name: &str, seq: u64) -> Result<(), ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::SetCursor(name.to_string(), seq, tx))
+            .await
+            .map_err(|_| ServiceError::Closed)?;
+        Ok(rx.await.map_err(|_| ServiceError::Closed)??)
     }
 
     /// Stops taking requests, answers those queued, flushes, and stops.
@@ -349,6 +382,7 @@ impl Actor {
                         done = Some(ack);
                         break;
                     }
+                    Some(other @ (Cmd::EntriesFrom(..) | Cmd::Cursor(..) | Cmd::SetCursor(..))) => self.side(other),
                     Some(Cmd::Dispatch(req, reply)) => {
                         let mut group = vec![(req, reply)];
                         let mut shutdown = None;
@@ -356,6 +390,7 @@ impl Actor {
                             match rx.try_recv() {
                                 Ok(Cmd::Dispatch(r, t)) => group.push((r, t)),
                                 Ok(Cmd::Shutdown(ack)) => { shutdown = Some(ack); break; }
+                                Ok(other) => self.side(other),
                                 Err(_) => break,
                             }
                         }
@@ -390,11 +425,39 @@ impl Actor {
                 Cmd::Shutdown(ack) => {
                     let _ = ack.send(());
                 }
+                other => self.side(other),
             }
         }
         if !group.is_empty() {
             self.process(group).await;
         }
+    }
+
+    /// Commands that read or write beside the log.
+    fn side(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::EntriesFrom(seq, limit, reply) => {
+                let _ = reply.send(self.store.read_from(seq, limit));
+            }
+            Cmd::Cursor(name, reply) => {
+                let _ = reply.send(self.read_cursor(&name));
+            }
+            Cmd::SetCursor(name, seq, reply) => {
+                let _ = reply.send(
+                    self.store
+                        .put_key(&format!("cursor:{name}"), &seq.to_be_bytes()),
+                );
+            }
+            Cmd::Dispatch(..) | Cmd::Shutdown(_) => {}
+        }
+    }
+
+    fn read_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let bytes = self.store.key(&format!("cursor:{name}"))?;
+        Ok(bytes
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
     }
 
     async fn tick(&mut self) {
@@ -579,6 +642,11 @@ impl Actor {
             Request::Jwks => Response::Jwks(Jwks {
                 keys: vec![self.key.public_jwk()],
             }),
+            Request::Health => Response::Health {
+                ready: true,
+                events: self.store.len(),
+                kid: self.key.kid().to_string(),
+            },
             Request::RunStatus { run } => {
                 let r = engine
                     .state()
@@ -629,6 +697,7 @@ fn request_op(r: &Request) -> &'static str {
         Request::RunStatus { .. } => "run_status",
         Request::PendingBatches => "pending_batches",
         Request::Batch { .. } => "batch",
+        Request::Health => "health",
     }
 }
 

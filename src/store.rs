@@ -140,6 +140,17 @@ impl Store {
         })
     }
 
+    /// Up to `limit` entries from `seq` on, decoded but not re-verified
+    /// (the whole chain was verified at open; appends extend it).
+    pub fn read_from(&self, seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut out = vec![];
+        for item in self.log.range(seq.to_be_bytes()..).take(limit) {
+            let (k, v) = item?;
+            out.push(chain::decode(key_seq(&k), &v)?);
+        }
+        Ok(out)
+    }
+
     /// Reads a named key blob.
     pub fn key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.keys.get(name)?.map(|v| v.to_vec()))
