@@ -11,110 +11,20 @@
 )]
 
 mod common;
+#[path = "common/nats.rs"]
+mod nats_server;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use nats_server::NatsServer;
 use stepgate::bus::{Request, Response, Transport};
 use stepgate::client::{AgentClient, Client, ReviewerClient};
 use stepgate::engine::{DecisionReply, RejectKind, TokenReply};
 use stepgate::nats::NatsTransport;
-
-/// A nats-server child process; killed on drop.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-fn nats_binary() -> PathBuf {
-    for p in [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    PathBuf::from("nats-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(nats_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (apt-get install nats-server)");
-        self.child = Some(child);
-        wait_for_port(self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// `stepgate serve` as a child process; killed on drop.
 struct Engine {
