@@ -21,9 +21,10 @@ use crate::token::Jwks;
 /// header names.
 pub const PROTOCOL_VERSION: &str = "v1";
 
-/// Every request stepgate answers.
+/// Every request stepgate answers. Unknown fields are refused: a
+/// misspelt optional field must not silently skip a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Start a run of a workflow (YAML or JSON text).
     StartRun {

@@ -143,6 +143,9 @@ struct DemoArgs {
     /// Review as this SPIFFE ID (default: the first member of the batch's group).
     #[arg(long)]
     reviewer: Option<String>,
+    /// Serve the engine on this NATS server and drive the run over NATS.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,6 +372,7 @@ async fn run_demo(args: DemoArgs) -> Result<(), CliError> {
         data: args.data,
         review,
         reviewer,
+        nats: args.nats,
     };
     let outcome = demo::run(opts).await.map_err(|e| {
         let code = if e.downcast_ref::<crate::store::StoreError>().is_some() {

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use uuid::Uuid;
 
 use crate::audit;
-use crate::bus::{InProcess, Transport as _};
+use crate::bus::{InProcess, Transport};
 use crate::client::{await_batch, AgentClient, Client, ReviewerClient};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Config, DecisionReply, RunStatus, TokenReply};
@@ -58,6 +58,8 @@ pub struct Options {
     pub review: ReviewMode,
     /// Reviewer identity; default the first member of the batch's group.
     pub reviewer: Option<SpiffeId>,
+    /// Serve the engine on this NATS server and drive the run over NATS.
+    pub nats: Option<String>,
 }
 
 /// What the demo ended with.
@@ -162,14 +164,38 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         audience: config.svid_audience.clone(),
     };
     let handle = service::start(store, settings, clock.clone()).await?;
-    let transport = InProcess::new(handle.clone());
-
     print_header(&example, &opts, handle.kid());
-    let printer = tokio::spawn(print_events(transport.events()));
-    let result = play(&example, &opts, &players, &transport, &requester, &config).await;
-    // Let the printer catch up before the summary.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    printer.abort();
+
+    let result = match &opts.nats {
+        None => {
+            let transport = InProcess::new(handle.clone());
+            drive(&example, &opts, &players, &transport, &requester, &config).await
+        }
+        Some(url) => {
+            // The engine serves on NATS; every agent and reviewer of the
+            // demo talks to it over NATS, as separate processes would.
+            let client = crate::nats::connect(url, Duration::from_secs(10)).await?;
+            let js = async_nats::jetstream::new(client.clone());
+            crate::nats::ensure_stream(&js).await?;
+            let publisher = tokio::spawn(crate::nats::publish_events(
+                js,
+                handle.clone(),
+                handle.kid().to_string(),
+            ));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(crate::nats::serve(client.clone(), handle.clone(), async {
+                let _ = stopped.await;
+            }));
+            println!("  nats      {url} (engine serving; agents and reviewers connect as clients)");
+            let transport =
+                crate::nats::NatsTransport::connect(url, Duration::from_secs(10)).await?;
+            let result = drive(&example, &opts, &players, &transport, &requester, &config).await;
+            let _ = stop.send(());
+            let _ = server.await;
+            publisher.abort();
+            result
+        }
+    };
     handle.shutdown().await;
     let (run, status) = result?;
 
@@ -195,6 +221,22 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         events: report.events,
         findings: report.findings,
     })
+}
+
+async fn drive<T: Transport + Clone + 'static>(
+    example: &Example,
+    opts: &Options,
+    players: &Players,
+    transport: &T,
+    requester: &SpiffeId,
+    config: &Config,
+) -> anyhow::Result<(Uuid, RunStatus)> {
+    let printer = tokio::spawn(print_events(transport.events()));
+    let result = play(example, opts, players, transport, requester, config).await;
+    // Let the printer catch up before the summary.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    printer.abort();
+    result
 }
 
 fn print_header(example: &Example, opts: &Options, kid: &str) {
@@ -224,11 +266,11 @@ async fn print_events(mut rx: tokio::sync::broadcast::Receiver<crate::chain::Ent
     }
 }
 
-async fn play(
+async fn play<T: Transport + Clone + 'static>(
     example: &Example,
     opts: &Options,
     players: &Players,
-    transport: &InProcess,
+    transport: &T,
     requester: &SpiffeId,
     config: &Config,
 ) -> anyhow::Result<(Uuid, RunStatus)> {
@@ -364,10 +406,10 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn review(
+async fn review<T: Transport + Clone + 'static>(
     opts: &Options,
     players: &Players,
-    transport: &InProcess,
+    transport: &T,
     batch: Uuid,
     group: &str,
     example: &Example,

@@ -401,3 +401,73 @@ async fn an_engine_killed_mid_run_rebuilds_its_state_and_issues_nothing_twice() 
         "the pending batch is still pending"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_engine_cleanly_and_a_restart_resumes_the_run() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let mut engine = Engine::start(&nats.url(), &dir.path().join("data"), &dev);
+    let t = connect(&nats.url()).await;
+    ready(&t).await;
+    let client = Client::new(t.clone());
+    let run = client
+        .start_run(&dev_svid(&dev, DANA), &release_text())
+        .await
+        .unwrap()
+        .run;
+    let before = client.run(run).await.unwrap();
+
+    let mut child = engine.child.take().unwrap();
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code.code(), Some(0));
+
+    engine.spawn();
+    ready(&t).await;
+    assert_eq!(client.run(run).await.unwrap(), before);
+}
+
+#[test]
+fn the_demo_drives_the_release_pipeline_over_nats() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["demo", "examples/release", "--approve", "--data"])
+        .arg(&data)
+        .args(["--nats", &nats.url()])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("engine serving; agents and reviewers connect as clients"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("tool    accepted the token").count(),
+        7,
+        "{stdout}"
+    );
+    assert!(stdout.contains("review  batch APPROVED"), "{stdout}");
+}
