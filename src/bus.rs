@@ -125,6 +125,27 @@ pub enum Request {
     Health,
 }
 
+impl Request {
+    /// The operation's name, as it appears in the `op` tag.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::StartRun { .. } => "start_run",
+            Request::StepToken { .. } => "step_token",
+            Request::CompleteStep { .. } => "complete_step",
+            Request::FailStep { .. } => "fail_step",
+            Request::CancelRun { .. } => "cancel_run",
+            Request::ResumeRun { .. } => "resume_run",
+            Request::DecideBatch { .. } => "decide_batch",
+            Request::Introspect { .. } => "introspect",
+            Request::Jwks => "jwks",
+            Request::RunStatus { .. } => "run_status",
+            Request::PendingBatches => "pending_batches",
+            Request::Batch { .. } => "batch",
+            Request::Health => "health",
+        }
+    }
+}
+
 /// Every answer stepgate gives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]

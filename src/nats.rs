@@ -97,28 +97,9 @@ pub enum NatsError {
     Setup(String),
 }
 
-/// The op name of a request, as routed.
-pub fn op_of(request: &Request) -> &'static str {
-    match request {
-        Request::StartRun { .. } => "start_run",
-        Request::StepToken { .. } => "step_token",
-        Request::CompleteStep { .. } => "complete_step",
-        Request::FailStep { .. } => "fail_step",
-        Request::CancelRun { .. } => "cancel_run",
-        Request::ResumeRun { .. } => "resume_run",
-        Request::DecideBatch { .. } => "decide_batch",
-        Request::Introspect { .. } => "introspect",
-        Request::Jwks => "jwks",
-        Request::RunStatus { .. } => "run_status",
-        Request::PendingBatches => "pending_batches",
-        Request::Batch { .. } => "batch",
-        Request::Health => "health",
-    }
-}
-
 /// The subject a request goes to.
 pub fn subject_of(request: &Request) -> String {
-    let op = op_of(request);
+    let op = request.op();
     let suffix = ROUTES
         .iter()
         .find(|(_, o)| *o == op)

@@ -77,21 +77,8 @@ pub fn preview(
     let mut steps = vec![];
     let mut stepups = vec![];
     for step in workflow.topo_order() {
-        let facts = Facts {
-            agent: &step.agent,
-            action: &step.action,
-            resource: &step.resource,
-            run,
-            step: &step.id,
-            workflow: &workflow.name,
-            workflow_digest: workflow.digest(),
-            risk: step.risk.as_str(),
-            risk_level: step.risk.level(),
-            intent: &step.intent,
-            scopes: &step.scopes,
-            stepups_so_far: u32::try_from(stepups.len()).unwrap_or(u32::MAX),
-            now,
-        };
+        let so_far = u32::try_from(stepups.len()).unwrap_or(u32::MAX);
+        let facts = Facts::for_step(workflow, step, run, &step.agent, &step.scopes, so_far, now);
         let decision = policy.decide(&facts);
         if let Outcome::StepUp { group } = &decision.outcome {
             stepups.push(StepUp {

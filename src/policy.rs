@@ -187,6 +187,36 @@ pub struct Facts<'a> {
     pub now: i64,
 }
 
+impl<'a> Facts<'a> {
+    /// The facts of `step` of `workflow` in run `run`: the agent is the
+    /// step's, the scopes those given, the time `now` in seconds.
+    pub fn for_step(
+        workflow: &'a crate::workflow::Workflow,
+        step: &'a crate::workflow::Step,
+        run: &'a str,
+        agent: &'a SpiffeId,
+        scopes: &'a ScopeSet,
+        stepups_so_far: u32,
+        now: i64,
+    ) -> Self {
+        Self {
+            agent,
+            action: &step.action,
+            resource: &step.resource,
+            run,
+            step: &step.id,
+            workflow: &workflow.name,
+            workflow_digest: workflow.digest(),
+            risk: step.risk.as_str(),
+            risk_level: step.risk.level(),
+            intent: &step.intent,
+            scopes,
+            stepups_so_far,
+            now,
+        }
+    }
+}
+
 /// A loaded, validated Cedar policy set.
 #[derive(Debug, Clone)]
 pub struct PolicySet {

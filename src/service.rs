@@ -539,7 +539,7 @@ impl Actor {
     }
 
     fn handle(&mut self, request: Request, now: Millis) -> Response {
-        let op = request_op(&request);
+        let op = request.op();
         let result = self.execute(request, now);
         match result {
             Ok(response) => {
@@ -680,24 +680,6 @@ impl Actor {
                 }
             }
         })
-    }
-}
-
-fn request_op(r: &Request) -> &'static str {
-    match r {
-        Request::StartRun { .. } => "start_run",
-        Request::StepToken { .. } => "step_token",
-        Request::CompleteStep { .. } => "complete_step",
-        Request::FailStep { .. } => "fail_step",
-        Request::CancelRun { .. } => "cancel_run",
-        Request::ResumeRun { .. } => "resume_run",
-        Request::DecideBatch { .. } => "decide_batch",
-        Request::Introspect { .. } => "introspect",
-        Request::Jwks => "jwks",
-        Request::RunStatus { .. } => "run_status",
-        Request::PendingBatches => "pending_batches",
-        Request::Batch { .. } => "batch",
-        Request::Health => "health",
     }
 }
 

@@ -543,24 +543,21 @@ impl Engine {
         )?;
         let decision = {
             let run = self.run(req.run)?;
-            env.policy.decide(&Facts {
-                agent: &agent,
-                action: &step.action,
-                resource: &step.resource,
-                run: &req.run.to_string(),
-                step: &step.id,
-                workflow: &workflow.name,
-                workflow_digest: workflow.digest(),
-                risk: step.risk.as_str(),
-                risk_level: step.risk.level(),
-                intent: &step.intent,
-                scopes: req.scopes,
-                // Step-ups of *other* steps: a step asking again after its
-                // approval must not count against itself.
-                stepups_so_far: run.stepups
-                    - u32::from(run.steps.get(&step.id).is_some_and(|s| s.stepped_up)),
-                now: now / 1000,
-            })
+            // Step-ups of *other* steps: a step asking again after its
+            // approval must not count against itself.
+            let own = run.steps.get(&step.id).is_some_and(|s| s.stepped_up);
+            let so_far = run.stepups - u32::from(own);
+            let run_id = req.run.to_string();
+            let facts = Facts::for_step(
+                &workflow,
+                step,
+                &run_id,
+                &agent,
+                req.scopes,
+                so_far,
+                now / 1000,
+            );
+            env.policy.decide(&facts)
         };
         self.emit(
             now,
