@@ -108,21 +108,21 @@ pub enum Request {
         token: String,
     },
     /// The signing keys.
-    Jwks,
+    Jwks {},
     /// A run's status.
     RunStatus {
         /// Run id.
         run: Uuid,
     },
     /// Batches waiting for a decision.
-    PendingBatches,
+    PendingBatches {},
     /// One batch.
     Batch {
         /// Batch id.
         batch: Uuid,
     },
     /// Liveness and readiness.
-    Health,
+    Health {},
 }
 
 impl Request {
@@ -137,11 +137,11 @@ impl Request {
             Request::ResumeRun { .. } => "resume_run",
             Request::DecideBatch { .. } => "decide_batch",
             Request::Introspect { .. } => "introspect",
-            Request::Jwks => "jwks",
+            Request::Jwks {} => "jwks",
             Request::RunStatus { .. } => "run_status",
-            Request::PendingBatches => "pending_batches",
+            Request::PendingBatches {} => "pending_batches",
             Request::Batch { .. } => "batch",
-            Request::Health => "health",
+            Request::Health {} => "health",
         }
     }
 }

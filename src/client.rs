@@ -228,7 +228,7 @@ impl<T: Transport> Client<T> {
 
     /// The signing keys.
     pub async fn jwks(&self) -> Result<Jwks, ClientError> {
-        expect_reply!(self.transport.call(Request::Jwks).await?, Jwks, "jwks")
+        expect_reply!(self.transport.call(Request::Jwks {}).await?, Jwks, "jwks")
     }
 
     /// RFC 7662 introspection.
@@ -259,7 +259,7 @@ impl<T: Transport> ReviewerClient<T> {
 
     /// Batches waiting for a decision.
     pub async fn pending(&self) -> Result<Vec<BatchView>, ClientError> {
-        match self.transport.call(Request::PendingBatches).await? {
+        match self.transport.call(Request::PendingBatches {}).await? {
             Response::Batches { batches } => Ok(batches),
             _ => Err(BusError::Unexpected("pending_batches").into()),
         }

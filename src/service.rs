@@ -639,10 +639,10 @@ impl Actor {
             Request::Introspect { token } => {
                 Response::Introspection(introspect(engine, &settings.engine.issuer, &token, now))
             }
-            Request::Jwks => Response::Jwks(Jwks {
+            Request::Jwks {} => Response::Jwks(Jwks {
                 keys: vec![self.key.public_jwk()],
             }),
-            Request::Health => Response::Health {
+            Request::Health {} => Response::Health {
                 ready: true,
                 events: self.store.len(),
                 kid: self.key.kid().to_string(),
@@ -655,7 +655,7 @@ impl Actor {
                     .ok_or(EngineError::UnknownRun(run))?;
                 Response::Run(Box::new(run_view(r)))
             }
-            Request::PendingBatches => {
+            Request::PendingBatches {} => {
                 let state = engine.state();
                 let batches = state
                     .batches

@@ -119,7 +119,7 @@ async fn connect(url: &str) -> NatsTransport {
 async fn ready(t: &NatsTransport) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(Response::Health { events, .. }) = t.call(Request::Health).await {
+        if let Ok(Response::Health { events, .. }) = t.call(Request::Health {}).await {
             return events;
         }
         assert!(Instant::now() < deadline, "engine did not become ready");
@@ -256,6 +256,19 @@ async fn malformed_oversize_and_mistyped_payloads_get_errors_and_leave_the_log_a
         let response = stepgate::nats::decode_response(&reply.payload, is_json).unwrap();
         match response {
             Response::Error { code: got, .. } => assert_eq!(got, code, "{subject}"),
+            other => panic!("{subject}: expected an error, got {other:?}"),
+        }
+    }
+    // Every subject refuses a payload with a field it does not know.
+    for (suffix, _) in stepgate::nats::ROUTES {
+        let subject = format!("{}.{suffix}", stepgate::nats::PREFIX);
+        let (h, b) = json(r#"{"unexpected": true}"#);
+        let reply = client
+            .request_with_headers(subject.clone(), h, b)
+            .await
+            .unwrap();
+        match stepgate::nats::decode_response(&reply.payload, true).unwrap() {
+            Response::Error { code, .. } => assert_eq!(code, "bad_request", "{subject}"),
             other => panic!("{subject}: expected an error, got {other:?}"),
         }
     }
