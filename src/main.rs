@@ -17,8 +17,22 @@ async fn main() -> ExitCode {
     match stepgate::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {:#}", e.error);
+            eprintln!("error: {}", one_message(&e.error));
             ExitCode::from(e.code)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many messages
+/// already quote their cause, and saying it twice helps nobody.
+fn one_message(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }
