@@ -498,18 +498,8 @@ impl Engine {
         req: &TokenRequest<'_>,
     ) -> Result<TokenReply, EngineError> {
         let now = env.now;
-        let run = self
-            .state
-            .runs
-            .get(&req.run)
-            .ok_or(EngineError::UnknownRun(req.run))?;
-        let workflow = run.workflow.clone();
-        let step = workflow
-            .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep {
-                run: req.run,
-                step: req.step.to_string(),
-            })?;
+        let workflow = self.run(req.run)?.workflow.clone();
+        let step = step_of(&workflow, req.run, req.step)?;
         let svid_digest = sha256_text(req.svid);
 
         // Identity first: nothing about the run is revealed to a caller
@@ -771,12 +761,7 @@ impl Engine {
     ) -> Result<Uuid, EngineError> {
         let now = env.now;
         let workflow = self.run(req.run)?.workflow.clone();
-        let step = workflow
-            .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep {
-                run: req.run,
-                step: req.step.to_string(),
-            })?;
+        let step = step_of(&workflow, req.run, req.step)?;
         let batch = env.ids.next_id(now);
         let items = vec![item_for(step, policy_ids)];
         let binding = binding_digest(&batch, &req.run, group, &items);
@@ -806,12 +791,7 @@ impl Engine {
         let now = env.now;
         let run = self.run(req.run)?;
         let workflow = run.workflow.clone();
-        let step = workflow
-            .step(req.step)
-            .ok_or_else(|| EngineError::UnknownStep {
-                run: req.run,
-                step: req.step.to_string(),
-            })?;
+        let step = step_of(&workflow, req.run, req.step)?;
 
         // exp is the earliest of: step TTL, the default token TTL, the
         // approval's expiry and the run's deadline — in whole seconds.
@@ -1098,13 +1078,7 @@ impl Engine {
         let agent =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
         let r = self.run(run)?;
-        let declared = r
-            .workflow
-            .step(step)
-            .ok_or_else(|| EngineError::UnknownStep {
-                run,
-                step: step.to_string(),
-            })?;
+        let declared = step_of(&r.workflow, run, step)?;
         if declared.agent != agent {
             return Err(EngineError::Forbidden(format!(
                 "step `{step}` is performed by `{}`, not `{agent}`",
@@ -1323,4 +1297,16 @@ impl Engine {
             .get(&run)
             .ok_or(EngineError::UnknownRun(run))
     }
+}
+
+/// The declared step `step` of `run`'s workflow.
+fn step_of<'w>(
+    workflow: &'w Workflow,
+    run: Uuid,
+    step: &str,
+) -> Result<&'w crate::workflow::Step, EngineError> {
+    workflow.step(step).ok_or_else(|| EngineError::UnknownStep {
+        run,
+        step: step.to_string(),
+    })
 }
