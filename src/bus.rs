@@ -175,6 +175,10 @@ pub enum Response {
     Batches {
         /// The batches.
         batches: Vec<BatchView>,
+        /// Engines whose batches are missing because they did not answer
+        /// (key ids); empty when the list is complete.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreachable: Vec<String>,
     },
     /// The service is up.
     Health {

@@ -251,16 +251,31 @@ pub struct ReviewerClient<T> {
     svid: String,
 }
 
+/// The pending batches a reviewer can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Batches waiting for a decision.
+    pub batches: Vec<BatchView>,
+    /// Engines (key ids) that did not answer; their batches are missing.
+    pub unreachable: Vec<String>,
+}
+
 impl<T: Transport> ReviewerClient<T> {
     /// A client presenting `svid` (the reviewer's JWT-SVID).
     pub fn new(transport: T, svid: String) -> Self {
         Self { transport, svid }
     }
 
-    /// Batches waiting for a decision.
-    pub async fn pending(&self) -> Result<Vec<BatchView>, ClientError> {
+    /// Batches waiting for a decision, on every engine that answered.
+    pub async fn pending(&self) -> Result<Pending, ClientError> {
         match self.transport.call(Request::PendingBatches {}).await? {
-            Response::Batches { batches } => Ok(batches),
+            Response::Batches {
+                batches,
+                unreachable,
+            } => Ok(Pending {
+                batches,
+                unreachable,
+            }),
             _ => Err(BusError::Unexpected("pending_batches").into()),
         }
     }
@@ -268,7 +283,7 @@ impl<T: Transport> ReviewerClient<T> {
     /// One batch.
     pub async fn batch(&self, batch: Uuid) -> Result<BatchView, ClientError> {
         match self.transport.call(Request::Batch { batch }).await? {
-            Response::Batches { mut batches } if batches.len() == 1 => Ok(batches.remove(0)),
+            Response::Batches { mut batches, .. } if batches.len() == 1 => Ok(batches.remove(0)),
             _ => Err(BusError::Unexpected("batch").into()),
         }
     }

@@ -175,15 +175,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
             // The engine serves on NATS; every agent and reviewer of the
             // demo talks to it over NATS, as separate processes would.
             let client = crate::nats::connect(url, Duration::from_secs(10)).await?;
-            let js = async_nats::jetstream::new(client.clone());
-            crate::nats::ensure_stream(&js).await?;
-            let publisher = tokio::spawn(crate::nats::publish_events(
-                js,
-                handle.clone(),
-                handle.kid().to_string(),
-            ));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(crate::nats::serve(client.clone(), handle.clone(), async {
+            let server = crate::nats::Server::start(client, handle.clone()).await?;
+            let server = tokio::spawn(server.serve(async {
                 let _ = stopped.await;
             }));
             println!("  nats      {url} (engine serving; agents and reviewers connect as clients)");
@@ -192,7 +186,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
             let result = drive(&example, &opts, &players, &transport, &requester, &config).await;
             let _ = stop.send(());
             let _ = server.await;
-            publisher.abort();
             result
         }
     };

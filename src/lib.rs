@@ -21,6 +21,7 @@ pub mod chain;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod demo;
 pub mod engine;
 pub mod event;

@@ -4,7 +4,9 @@
 //! [`crate::bus`] contract. A request's payload is the request's fields as
 //! a map, msgpack by default, JSON when the `Content-Type` header is
 //! `application/json`; the reply uses the same encoding. Engines listen in
-//! one queue group, so several processes can serve one NATS account.
+//! one queue group, so several processes can serve one NATS account; a
+//! request about a run or batch reaches the engine that owns it through the
+//! directory described in [`crate::cluster`].
 //!
 //! | subject | request | reply |
 //! |---|---|---|
@@ -21,6 +23,11 @@
 //! | `stepgate.v1.token.introspect` | `token` | `introspection` (RFC 7662) |
 //! | `stepgate.v1.jwks` | — | `jwks` |
 //! | `stepgate.v1.health` | — | `health` |
+//! | `stepgate.v1.engine.<kid>.<route>` | as `<route>` | as `<route>`, answered by that engine only |
+//!
+//! A subject outside this table has no responder. `review.pending` lists
+//! the batches of every live engine (engines that do not answer are named
+//! in `unreachable`), and `jwks` holds the keys of every engine.
 //!
 //! Committed events are published, as JSON, to JetStream stream
 //! [`EVENTS_STREAM`] on `stepgate.v1.events.<group>.<name>` (for example
@@ -35,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use async_nats::{HeaderMap, Message};
+use async_nats::{HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{broadcast, Semaphore};
@@ -43,8 +50,11 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{BusError, Request, Response, Transport};
 use crate::chain::Entry;
+use crate::cluster::{engine_subject, route_of, Cluster, Owned, Route, FORWARD_TIMEOUT};
+use crate::engine::TokenReply;
 use crate::event::Event;
 use crate::service::Handle;
+use crate::token::Jwks;
 
 /// Subject prefix of the v1 contract.
 pub const PREFIX: &str = "stepgate.v1";
@@ -212,98 +222,340 @@ pub async fn connect(
         })
 }
 
-/// Serves the engine behind `handle` on NATS until `shutdown` resolves,
-/// then stops taking requests and waits for those in flight.
-pub async fn serve(
+/// What an answering task needs.
+struct Ctx {
     client: async_nats::Client,
     handle: Handle,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), NatsError> {
-    let subject = format!("{PREFIX}.>");
-    let mut requests = client
-        .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
+    cluster: Arc<Cluster>,
+}
+
+type Incoming = futures::stream::Map<async_nats::Subscriber, fn(Message) -> (Message, bool)>;
+
+fn shared(message: Message) -> (Message, bool) {
+    (message, false)
+}
+
+fn direct(message: Message) -> (Message, bool) {
+    (message, true)
+}
+
+/// The engine on NATS, subscribed: requests sent from the moment
+/// [`Server::start`] returns are answered once [`Server::serve`] runs.
+///
+/// Each route is a queue subscription shared by every engine on the
+/// account; a request about a run or batch that another engine owns is
+/// forwarded to it, once (see [`crate::cluster`]).
+pub struct Server {
+    ctx: Arc<Ctx>,
+    requests: futures::stream::SelectAll<Incoming>,
+    publisher: tokio::task::JoinHandle<()>,
+    alive: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("engine", &self.ctx.cluster.kid())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Creates the events stream, joins the other engines, starts
+    /// publishing committed events and subscribes to every route.
+    pub async fn start(client: async_nats::Client, handle: Handle) -> Result<Self, NatsError> {
+        let js = jetstream::new(client.clone());
+        ensure_stream(&js).await?;
+        let jwk = match handle.dispatch(Request::Jwks {}).await {
+            Response::Jwks(jwks) => jwks.keys.into_iter().next(),
+            _ => None,
+        }
+        .ok_or_else(|| NatsError::Setup("the engine has no signing key".into()))?;
+        let cluster = Arc::new(Cluster::join(&js, jwk).await?);
+        let requests = subscribe_all(&client, cluster.kid()).await?;
+        let publisher = tokio::spawn(publish_events(js, handle.clone(), cluster.clone()));
+        let alive = {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.keep_alive().await })
+        };
+        info!(prefix = PREFIX, queue = QUEUE_GROUP, engine = %cluster.kid(), "serving on NATS");
+        let ctx = Arc::new(Ctx {
+            client,
+            handle,
+            cluster,
+        });
+        Ok(Self {
+            ctx,
+            requests,
+            publisher,
+            alive,
+        })
+    }
+
+    /// Answers requests until `shutdown` resolves; then stops taking
+    /// requests, waits for those in flight and tells the other engines
+    /// that this one stopped.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Self {
+            ctx,
+            mut requests,
+            publisher,
+            alive,
+        } = self;
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::pin!(shutdown);
+        loop {
+            let (message, direct) = tokio::select! {
+                _ = &mut shutdown => break,
+                next = requests.next() => match next {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                answer(&ctx, message, direct).await;
+                drop(permit);
+            });
+        }
+        // Stop taking requests (dropping a subscriber unsubscribes), then
+        // wait until every slot is free again.
+        drop(requests);
+        let _ = ctx.client.flush().await;
+        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        alive.abort();
+        if let Err(e) = ctx.cluster.heartbeat(false).await {
+            warn!(error = %e, "could not tell the other engines that this one stopped");
+        }
+        publisher.abort();
+        let _ = ctx.client.flush().await;
+    }
+}
+
+/// Subscribes to every route in the queue group, and to this engine's own
+/// subject for forwarded requests.
+async fn subscribe_all(
+    client: &async_nats::Client,
+    kid: &str,
+) -> Result<futures::stream::SelectAll<Incoming>, NatsError> {
+    let setup = |e: async_nats::SubscribeError| NatsError::Setup(e.to_string());
+    let mut all = futures::stream::SelectAll::new();
+    for (suffix, _) in ROUTES {
+        let sub = client
+            .queue_subscribe(format!("{PREFIX}.{suffix}"), QUEUE_GROUP.to_string())
+            .await
+            .map_err(setup)?;
+        all.push(sub.map(shared as fn(Message) -> (Message, bool)));
+    }
+    let own = client
+        .subscribe(format!("{}.>", engine_subject(kid)))
         .await
-        .map_err(|e| NatsError::Setup(e.to_string()))?;
+        .map_err(setup)?;
+    all.push(own.map(direct as fn(Message) -> (Message, bool)));
     client
         .flush()
         .await
         .map_err(|e| NatsError::Setup(e.to_string()))?;
-    info!(subject = %subject, queue = QUEUE_GROUP, "serving on NATS");
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let events_prefix = format!("{PREFIX}.events.");
-    tokio::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown => break,
-            next = requests.next() => match next {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        if message.subject.as_str().starts_with(&events_prefix) {
-            continue;
-        }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let (client, handle) = (client.clone(), handle.clone());
-        tokio::spawn(async move {
-            answer(&client, &handle, message).await;
-            drop(permit);
-        });
-    }
-    // Stop taking requests, then wait until every slot is free again.
-    let _ = requests.unsubscribe().await;
-    let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
-    Ok(())
+    Ok(all)
 }
 
-async fn answer(client: &async_nats::Client, handle: &Handle, message: Message) {
+/// A reply: made here, or relayed from the engine that owns the request.
+enum Answer {
+    Here(Response),
+    Relayed(Message),
+}
+
+async fn answer(ctx: &Ctx, message: Message, direct: bool) {
     let subject = message.subject.to_string();
     let Some(reply) = message.reply.clone() else {
         warn!(subject = %subject, "request without a reply subject dropped");
         return;
     };
     let json = is_json(message.headers.as_ref());
-    let response = respond(handle, &subject, &message.payload, json).await;
-    let mut headers = HeaderMap::new();
-    if json {
-        headers.insert("Content-Type", JSON);
-    }
-    let payload = Bytes::from(encode_response(&response, json));
-    if let Err(e) = client.publish_with_headers(reply, headers, payload).await {
+    let (headers, payload) = match respond(ctx, &message, direct, json).await {
+        Answer::Here(response) => {
+            let mut headers = HeaderMap::new();
+            if json {
+                headers.insert("Content-Type", JSON);
+            }
+            (headers, Bytes::from(encode_response(&response, json)))
+        }
+        Answer::Relayed(owner) => (owner.headers.unwrap_or_default(), owner.payload),
+    };
+    if let Err(e) = ctx
+        .client
+        .publish_with_headers(reply, headers, payload)
+        .await
+    {
         warn!(subject = %subject, error = %e, "could not send a reply");
     }
 }
 
-async fn respond(handle: &Handle, subject: &str, payload: &[u8], json: bool) -> Response {
-    let error = |code: &str, message: String| Response::Error {
+fn error(code: &str, message: String) -> Response {
+    Response::Error {
         code: code.into(),
         message,
+    }
+}
+
+/// The route suffix of a subject: `stepgate.v1.<suffix>`, or
+/// `stepgate.v1.engine.<kid>.<suffix>` when forwarded to this engine.
+fn suffix_of<'a>(subject: &'a str, kid: &str, direct: bool) -> &'a str {
+    let prefix = if direct {
+        format!("{}.", engine_subject(kid))
+    } else {
+        format!("{PREFIX}.")
     };
+    subject.strip_prefix(&prefix).unwrap_or("")
+}
+
+async fn respond(ctx: &Ctx, message: &Message, direct: bool, json: bool) -> Answer {
+    let payload = &message.payload;
     if payload.len() > MAX_REQUEST_BYTES {
-        return error(
+        return Answer::Here(error(
             "too_large",
             format!(
                 "payload is {} bytes; at most {MAX_REQUEST_BYTES} are accepted",
                 payload.len()
             ),
-        );
+        ));
     }
-    let suffix = subject.strip_prefix(&format!("{PREFIX}.")).unwrap_or("");
+    let subject = message.subject.as_str();
+    let suffix = suffix_of(subject, ctx.cluster.kid(), direct);
     let Some((_, op)) = ROUTES.iter().find(|(s, _)| *s == suffix) else {
-        return error(
+        return Answer::Here(error(
             "unknown_subject",
             format!("no request is served on `{subject}`"),
-        );
+        ));
     };
-    match decode_request(op, payload, json) {
-        Ok(request) => {
-            debug!(subject, op, "request");
-            handle.dispatch(request).await
+    let request = match decode_request(op, payload, json) {
+        Ok(request) => request,
+        Err(message) => return Answer::Here(error("bad_request", message)),
+    };
+    debug!(subject, op, direct, "request");
+    if direct {
+        return Answer::Here(local(ctx, request).await);
+    }
+    route(ctx, suffix, message, request).await
+}
+
+/// Answers here, or forwards to the engine that owns the request.
+async fn route(ctx: &Ctx, suffix: &str, message: &Message, request: Request) -> Answer {
+    let cluster = &ctx.cluster;
+    match route_of(&request) {
+        Route::Owner(owned) => match cluster.owner(owned).await {
+            Some(kid) if kid != cluster.kid() => {
+                forward(ctx, &kid, suffix, message, &owned.to_string()).await
+            }
+            _ => Answer::Here(local(ctx, request).await),
+        },
+        Route::Signer(kid) if cluster.is_peer(&kid).await => {
+            forward(ctx, &kid, suffix, message, "the token").await
         }
-        Err(message) => error("bad_request", message),
+        Route::Everyone => Answer::Here(gather(ctx).await),
+        Route::Keys => Answer::Here(Response::Jwks(Jwks {
+            keys: cluster.keys().await,
+        })),
+        Route::Any | Route::Signer(_) => Answer::Here(local(ctx, request).await),
+    }
+}
+
+/// Answers with this engine's state, and records in the directory any run
+/// or batch the answer makes known before the answer leaves.
+async fn local(ctx: &Ctx, request: Request) -> Response {
+    let response = ctx.handle.dispatch(request).await;
+    for owned in introduced(&response) {
+        if let Err(e) = ctx.cluster.claim(owned).await {
+            warn!(error = %e, "other engines cannot route to this engine yet");
+        }
+    }
+    response
+}
+
+/// Runs and batches an answer tells the requester about.
+fn introduced(response: &Response) -> Vec<Owned> {
+    match response {
+        Response::RunStarted(started) => std::iter::once(Owned::Run(started.run))
+            .chain(started.batches.iter().map(|b| Owned::Batch(*b)))
+            .collect(),
+        Response::Token(TokenReply::Pending { batch, .. }) => vec![Owned::Batch(*batch)],
+        _ => vec![],
+    }
+}
+
+/// Relays a request, unchanged, to the engine that owns it.
+async fn forward(ctx: &Ctx, kid: &str, suffix: &str, message: &Message, what: &str) -> Answer {
+    let subject = format!("{}.{suffix}", engine_subject(kid));
+    let mut request = async_nats::Request::new()
+        .payload(message.payload.clone())
+        .timeout(Some(FORWARD_TIMEOUT));
+    if let Some(headers) = message.headers.clone() {
+        request = request.headers(headers);
+    }
+    debug!(engine = kid, %what, "forwarding to the owning engine");
+    match ctx.client.send_request(subject, request).await {
+        Ok(reply) => Answer::Relayed(reply),
+        Err(e) => {
+            let why = match e.kind() {
+                RequestErrorKind::NoResponders => "which is not connected".to_string(),
+                RequestErrorKind::TimedOut => format!(
+                    "which did not answer within {} s",
+                    FORWARD_TIMEOUT.as_secs()
+                ),
+                _ => format!("which cannot be reached: {e}"),
+            };
+            warn!(engine = kid, %what, %why, "owning engine unavailable");
+            Answer::Here(error(
+                "unavailable",
+                format!("{what} is served by engine `{kid}`, {why}"),
+            ))
+        }
+    }
+}
+
+/// Pending batches of every live engine, merged; engines that did not
+/// answer are named in `unreachable`.
+async fn gather(ctx: &Ctx) -> Response {
+    let peers = ctx.cluster.live_peers().await;
+    let asks = peers.iter().map(|kid| ask_peer(ctx, kid));
+    let (mine, theirs) = futures::join!(
+        local(ctx, Request::PendingBatches {}),
+        futures::future::join_all(asks)
+    );
+    let Response::Batches { mut batches, .. } = mine else {
+        return mine;
+    };
+    let mut unreachable = vec![];
+    for (kid, answer) in peers.into_iter().zip(theirs) {
+        match answer {
+            Some(Response::Batches { batches: more, .. }) => batches.extend(more),
+            _ => unreachable.push(kid),
+        }
+    }
+    batches.sort_by_key(|b| (b.expires_at, b.batch));
+    Response::Batches {
+        batches,
+        unreachable,
+    }
+}
+
+/// Asks one engine for its own pending batches.
+async fn ask_peer(ctx: &Ctx, kid: &str) -> Option<Response> {
+    let payload = encode_request(&Request::PendingBatches {}, false).ok()?;
+    let request = async_nats::Request::new()
+        .payload(Bytes::from(payload))
+        .timeout(Some(FORWARD_TIMEOUT));
+    let subject = format!("{}.review.pending", engine_subject(kid));
+    match ctx.client.send_request(subject, request).await {
+        Ok(reply) => decode_response(&reply.payload, is_json(reply.headers.as_ref())).ok(),
+        Err(e) => {
+            warn!(engine = kid, error = %e, "engine did not list its pending batches");
+            None
+        }
     }
 }
 
@@ -328,7 +580,7 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), NatsError> {
 
 /// Publishes committed events to JetStream in log order, from the cursor
 /// stored in the data directory; retries until each is acknowledged.
-pub async fn publish_events(js: jetstream::Context, handle: Handle, kid: String) {
+pub async fn publish_events(js: jetstream::Context, handle: Handle, cluster: Arc<Cluster>) {
     let mut wake = handle.subscribe();
     let mut cursor = handle.cursor("nats-events").await.unwrap_or(0);
     let mut backoff = Duration::from_millis(100);
@@ -343,7 +595,7 @@ pub async fn publish_events(js: jetstream::Context, handle: Handle, kid: String)
             continue;
         }
         for entry in batch {
-            match publish_one(&js, &kid, &entry).await {
+            match publish_one(&js, &cluster, &entry).await {
                 Ok(()) => {
                     cursor = entry.seq + 1;
                     backoff = Duration::from_millis(100);
@@ -362,7 +614,17 @@ pub async fn publish_events(js: jetstream::Context, handle: Handle, kid: String)
     }
 }
 
-async fn publish_one(js: &jetstream::Context, kid: &str, entry: &Entry) -> Result<(), String> {
+/// Publishes one event; a run or batch it introduces is first recorded in
+/// the directory, so whoever reads the event can reach its owner.
+async fn publish_one(
+    js: &jetstream::Context,
+    cluster: &Cluster,
+    entry: &Entry,
+) -> Result<(), String> {
+    if let Some(owned) = Owned::introduced_by(&entry.event) {
+        cluster.claim(owned).await?;
+    }
+    let kid = cluster.kid();
     let payload = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
     headers.insert("Content-Type", JSON);

@@ -220,7 +220,17 @@ pub async fn review_command(command: ReviewCommand) -> Result<(), CliError> {
     match command {
         ReviewCommand::List { remote } => {
             let reviewer = ReviewerClient::new(remote.transport().await?, String::new());
-            print(&reviewer.pending().await.map_err(remote_err)?, remote.json)
+            let pending = reviewer.pending().await.map_err(remote_err)?;
+            print(&pending.batches, remote.json)?;
+            if pending.unreachable.is_empty() {
+                return Ok(());
+            }
+            // The list is printed, but it is not complete: say so, and
+            // fail so that a script does not take it for the whole truth.
+            Err(env(anyhow::anyhow!(
+                "the list is incomplete: engine(s) {} did not answer",
+                pending.unreachable.join(", ")
+            )))
         }
         ReviewCommand::Show { batch, remote } => {
             let reviewer = ReviewerClient::new(remote.transport().await?, String::new());

@@ -127,26 +127,17 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let client = crate::nats::connect(&url, Duration::from_secs(10))
         .await
         .map_err(env)?;
-    let js = async_nats::jetstream::new(client.clone());
-    crate::nats::ensure_stream(&js).await.map_err(env)?;
-    let publisher = tokio::spawn(crate::nats::publish_events(
-        js,
-        handle.clone(),
-        handle.kid().to_string(),
-    ));
+    let server = crate::nats::Server::start(client, handle.clone())
+        .await
+        .map_err(env)?;
     println!(
-        "stepgate serving on {url} (data {}, signing key {})",
+        "stepgate serving on {url} (data {}, engine {})",
         data.display(),
         handle.kid()
     );
-
-    crate::nats::serve(client.clone(), handle.clone(), shutdown_signal())
-        .await
-        .map_err(env)?;
+    server.serve(shutdown_signal()).await;
     info!("shutting down: no new requests; finishing those in flight");
     handle.shutdown().await;
-    publisher.abort();
-    let _ = client.flush().await;
     info!("stopped");
     Ok(())
 }

@@ -663,7 +663,10 @@ impl Actor {
                     .filter(|b| b.status == BatchStatus::Pending && b.expires_at > now)
                     .filter_map(|b| state.runs.get(&b.run).map(|r| batch_view(b, r)))
                     .collect();
-                Response::Batches { batches }
+                Response::Batches {
+                    batches,
+                    unreachable: vec![],
+                }
             }
             Request::Batch { batch } => {
                 let state = engine.state();
@@ -677,6 +680,7 @@ impl Actor {
                     .ok_or(EngineError::UnknownRun(b.run))?;
                 Response::Batches {
                     batches: vec![batch_view(b, r)],
+                    unreachable: vec![],
                 }
             }
         })

@@ -423,6 +423,17 @@ pub fn verify(token: &str, jwks: &Jwks, opts: &VerifyOptions) -> Result<StepClai
     check_claims(claims, opts)
 }
 
+/// The `kid` a token's header names, checked as [`verify`] checks the
+/// header but without a signature check: for routing a token to the
+/// engine that signed it, never for trusting it.
+pub fn header_kid(token: &str) -> Result<String, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Oversize { len: token.len() });
+    }
+    let (header_b64, _, _) = split_parts(token)?;
+    check_header(decode_json(header_b64, "header")?)
+}
+
 /// Splits a compact JWS into exactly three parts.
 ///
 /// An empty signature part is let through so that an unsigned (`alg`

@@ -234,10 +234,6 @@ async fn malformed_oversize_and_mistyped_payloads_get_errors_and_leave_the_log_a
             ("stepgate.v1.run.status", h, b, "unknown_run")
         },
         {
-            let (h, b) = json("{}");
-            ("stepgate.v1.no.such.subject", h, b, "unknown_subject")
-        },
-        {
             let big = format!(r#"{{"token": "{}"}}"#, "a".repeat(300 * 1024));
             let (h, b) = json(&big);
             ("stepgate.v1.token.introspect", h, b, "too_large")
@@ -272,6 +268,16 @@ async fn malformed_oversize_and_mistyped_payloads_get_errors_and_leave_the_log_a
             other => panic!("{subject}: expected an error, got {other:?}"),
         }
     }
+    // A subject outside the contract has no responder at all.
+    let (h, b) = json("{}");
+    let refused = client
+        .request_with_headers("stepgate.v1.no.such.subject", h, b)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        async_nats::client::RequestErrorKind::NoResponders
+    );
     // A request with no reply subject is dropped.
     client
         .publish("stepgate.v1.run.start", Bytes::from_static(b"{}"))
@@ -312,7 +318,7 @@ async fn a_nats_restart_while_a_batch_is_pending_loses_nothing() {
     ready(&t).await; // clients and engine reconnect by themselves
 
     let reviewer = ReviewerClient::new(t.clone(), dev_svid(&dev, RILEY));
-    let pending = reviewer.pending().await.unwrap();
+    let pending = reviewer.pending().await.unwrap().batches;
     assert_eq!(
         pending.len(),
         1,
@@ -409,7 +415,7 @@ async fn an_engine_killed_mid_run_rebuilds_its_state_and_issues_nothing_twice() 
     );
     let reviewer = ReviewerClient::new(t.clone(), dev_svid(&dev, RILEY));
     assert_eq!(
-        reviewer.pending().await.unwrap().len(),
+        reviewer.pending().await.unwrap().batches.len(),
         1,
         "the pending batch is still pending"
     );

@@ -123,7 +123,7 @@ async fn a_restart_mid_run_rebuilds_identical_state_from_the_log() {
     assert_eq!(client.run(run).await.unwrap(), before);
     let reviewer = ReviewerClient::new(node.transport.clone(), svid(&clock, RILEY));
     assert_eq!(reviewer.pending().await.unwrap(), pending_before);
-    assert_eq!(pending_before.len(), 1);
+    assert_eq!(pending_before.batches.len(), 1);
 
     // The token issued before the restart is still known and still live.
     let status = client.introspect(&live_token).await.unwrap();
@@ -184,7 +184,7 @@ async fn an_agent_waiting_on_review_gets_its_token_when_the_batch_is_approved() 
     let batch = loop {
         // The batch opened at run start; wait until the agent is parked on it.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let pending = reviewer.pending().await.unwrap();
+        let pending = reviewer.pending().await.unwrap().batches;
         if pending.len() == 1 {
             break pending[0].clone();
         }

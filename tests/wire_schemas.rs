@@ -444,9 +444,16 @@ fn replies() -> Vec<(&'static str, Response)> {
                     batch_view(BatchStatus::Expired),
                     batch_view(BatchStatus::Withdrawn),
                 ],
+                unreachable: vec![],
             },
         ),
-        ("batches", Response::Batches { batches: vec![] }),
+        (
+            "batches",
+            Response::Batches {
+                batches: vec![],
+                unreachable: vec!["kVa1l6u8H2kq7cDsyqk0l5jR1p4vSfJ9Y3zgG1o0dQk".into()],
+            },
+        ),
         (
             "error",
             Response::Error {

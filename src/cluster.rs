@@ -1,0 +1,438 @@
+//! Several engines on one NATS account: who owns which run.
+//!
+//! Every engine keeps its own sled log, so a run lives on the engine that
+//! started it. Engines share the request subjects in one queue group, and
+//! any of them may receive a request about any run. This module is how the
+//! receiver finds the owner:
+//!
+//! - the **directory** (JetStream key-value bucket [`DIRECTORY_BUCKET`])
+//!   maps `run.<id>` and `batch.<id>` to the owner's key id. An owner
+//!   writes an entry before it answers the request that made the id known,
+//!   so no client can learn an id the directory does not yet hold;
+//! - the **engine records** (bucket [`ENGINES_BUCKET`]) hold each engine's
+//!   public key and a heartbeat. They serve the JWKS of the whole account
+//!   (a token signed by any engine verifies with it) and tell which engines
+//!   are up when reviewers list pending batches;
+//! - each engine also listens on its own subject,
+//!   `stepgate.v1.engine.<kid>.<route>`, where a receiver forwards a
+//!   request it does not own. Requests arriving there are always answered
+//!   locally, so a request is forwarded at most once.
+//!
+//! Ownership never changes, so lookups are cached. An engine's key id is
+//! its identity: the RFC 7638 thumbprint of its signing key, stable for the
+//! life of its data directory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::bus::Request;
+use crate::clock::{Clock, SystemClock};
+use crate::event::{Event, Millis};
+use crate::nats::{NatsError, PREFIX};
+use crate::token::Jwk;
+
+/// Bucket mapping runs and batches to their owning engine.
+pub const DIRECTORY_BUCKET: &str = "STEPGATE_DIRECTORY";
+
+/// Bucket of engine records (public key, heartbeat).
+pub const ENGINES_BUCKET: &str = "STEPGATE_ENGINES";
+
+/// How often an engine refreshes its record.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// An engine whose record is older than this is taken to be down.
+pub const LIVE_WITHIN_MS: Millis = 20_000;
+
+/// How long a receiver waits for the owner of a forwarded request.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an engine record (and so its public key) outlives the engine's
+/// last heartbeat: longer than any token it can have signed.
+const KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Cached owners; the cache is emptied when it reaches this size.
+const CACHE_LIMIT: usize = 65_536;
+
+/// Longest key id accepted from a token header for routing.
+const MAX_KID_LEN: usize = 128;
+
+/// A run or batch, as a directory key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owned {
+    /// A run.
+    Run(Uuid),
+    /// A review batch.
+    Batch(Uuid),
+}
+
+impl Owned {
+    /// The directory key, `run.<id>` or `batch.<id>`.
+    pub fn key(&self) -> String {
+        match self {
+            Owned::Run(id) => format!("run.{id}"),
+            Owned::Batch(id) => format!("batch.{id}"),
+        }
+    }
+
+    /// The thing an event makes known, if it makes one known.
+    pub fn introduced_by(event: &Event) -> Option<Owned> {
+        match event {
+            Event::RunStarted { run, .. } => Some(Owned::Run(*run)),
+            Event::BatchOpened { batch, .. } => Some(Owned::Batch(*batch)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Owned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owned::Run(id) => write!(f, "run {id}"),
+            Owned::Batch(id) => write!(f, "batch {id}"),
+        }
+    }
+}
+
+/// Where a request is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// By whichever engine received it (start a run, health).
+    Any,
+    /// By the owner of a run or batch.
+    Owner(Owned),
+    /// By the engine whose key signed the token (introspection).
+    Signer(String),
+    /// By every live engine, answers merged (pending batches).
+    Everyone,
+    /// The keys of every engine (JWKS).
+    Keys,
+}
+
+/// Where `request` must be answered.
+pub fn route_of(request: &Request) -> Route {
+    match request {
+        Request::StartRun { .. } | Request::Health {} => Route::Any,
+        Request::StepToken { run, .. }
+        | Request::CompleteStep { run, .. }
+        | Request::FailStep { run, .. }
+        | Request::CancelRun { run, .. }
+        | Request::ResumeRun { run, .. }
+        | Request::RunStatus { run } => Route::Owner(Owned::Run(*run)),
+        Request::DecideBatch { batch, .. } | Request::Batch { batch } => {
+            Route::Owner(Owned::Batch(*batch))
+        }
+        Request::Introspect { token } => match crate::token::header_kid(token) {
+            Ok(kid) if is_subject_token(&kid) => Route::Signer(kid),
+            _ => Route::Any,
+        },
+        Request::PendingBatches {} => Route::Everyone,
+        Request::Jwks {} => Route::Keys,
+    }
+}
+
+/// True when `kid` can stand as one NATS subject token: base64url
+/// characters only, as stepgate's thumbprints are.
+fn is_subject_token(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= MAX_KID_LEN
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The subject prefix one engine listens on for forwarded requests.
+pub fn engine_subject(kid: &str) -> String {
+    format!("{PREFIX}.engine.{kid}")
+}
+
+/// Creates or updates a key-value bucket: one revision per key, file
+/// storage, values up to `max_value_size` bytes, entries dropped
+/// `max_age` after their last write (zero: never).
+///
+/// The bucket's stream is declared here rather than through the client's
+/// key-value helper, which first asks for account details that servers
+/// before 2.10 answer in a shape it does not read.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+    max_value_size: i32,
+) -> Result<kv::Store, NatsError> {
+    let setup = |e: String| NatsError::Setup(format!("bucket {name}: {e}"));
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(description.to_string()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        max_message_size: max_value_size,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| setup(e.to_string()))
+}
+
+/// One engine as other engines see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRecord {
+    /// The engine's key id, which is its identity.
+    pub kid: String,
+    /// Its public signing key.
+    pub jwk: Jwk,
+    /// When it last refreshed this record, ms.
+    pub seen_at: Millis,
+    /// False once it has stopped serving (graceful shutdown).
+    pub serving: bool,
+}
+
+/// This engine's view of the others.
+#[derive(Debug)]
+pub struct Cluster {
+    kid: String,
+    jwk: Jwk,
+    directory: kv::Store,
+    engines: kv::Store,
+    // A std mutex: held only for a map lookup or insert, never across
+    // an await.
+    cache: Mutex<HashMap<Owned, String>>,
+}
+
+impl Cluster {
+    /// Creates or opens the buckets and announces this engine.
+    pub async fn join(js: &jetstream::Context, jwk: Jwk) -> Result<Self, NatsError> {
+        let directory = bucket(
+            js,
+            DIRECTORY_BUCKET,
+            "stepgate: which engine owns each run and batch",
+            Duration::ZERO,
+            256,
+        )
+        .await?;
+        let engines = bucket(
+            js,
+            ENGINES_BUCKET,
+            "stepgate: engine keys and heartbeats",
+            KEY_RETENTION,
+            4096,
+        )
+        .await?;
+        let cluster = Self {
+            kid: jwk.kid.clone(),
+            jwk,
+            directory,
+            engines,
+            cache: Mutex::new(HashMap::new()),
+        };
+        cluster
+            .heartbeat(true)
+            .await
+            .map_err(|e| NatsError::Setup(format!("bucket {ENGINES_BUCKET}: {e}")))?;
+        Ok(cluster)
+    }
+
+    /// This engine's key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Records that this engine owns `owned`; idempotent, and a no-op once
+    /// recorded.
+    pub async fn claim(&self, owned: Owned) -> Result<(), String> {
+        if self.cached(owned).as_deref() == Some(self.kid.as_str()) {
+            return Ok(());
+        }
+        let value = Bytes::from(self.kid.clone());
+        self.directory
+            .put(owned.key(), value)
+            .await
+            .map_err(|e| format!("directory: cannot record {owned}: {e}"))?;
+        self.remember(owned, self.kid.clone());
+        Ok(())
+    }
+
+    /// The engine that owns `owned`, if the directory knows it.
+    pub async fn owner(&self, owned: Owned) -> Option<String> {
+        if let Some(kid) = self.cached(owned) {
+            return Some(kid);
+        }
+        let value = match self.directory.get(owned.key()).await {
+            Ok(value) => value?,
+            Err(e) => {
+                warn!(%owned, error = %e, "directory lookup failed; answering locally");
+                return None;
+            }
+        };
+        let kid = String::from_utf8(value.to_vec()).ok()?;
+        self.remember(owned, kid.clone());
+        Some(kid)
+    }
+
+    fn cached(&self, owned: Owned) -> Option<String> {
+        let cache = self.cache.lock().ok()?;
+        cache.get(&owned).cloned()
+    }
+
+    fn remember(&self, owned: Owned, kid: String) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(owned, kid);
+        }
+    }
+
+    /// Refreshes this engine's record.
+    pub async fn heartbeat(&self, serving: bool) -> Result<(), String> {
+        let record = EngineRecord {
+            kid: self.kid.clone(),
+            jwk: self.jwk.clone(),
+            seen_at: SystemClock.now(),
+            serving,
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        self.engines
+            .put(&self.kid, Bytes::from(value))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Refreshes this engine's record every [`HEARTBEAT`], for ever.
+    pub async fn keep_alive(&self) {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if let Err(e) = self.heartbeat(true).await {
+                warn!(error = %e, "engine heartbeat failed; retrying");
+            }
+        }
+    }
+
+    /// Every engine record in the bucket, this engine's first.
+    pub async fn engines(&self) -> Vec<EngineRecord> {
+        let mut records = vec![];
+        let mut keys = match self.engines.keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                warn!(error = %e, "cannot list engine records");
+                return records;
+            }
+        };
+        while let Some(Ok(key)) = keys.next().await {
+            let Ok(Some(value)) = self.engines.get(key.as_str()).await else {
+                continue;
+            };
+            match serde_json::from_slice::<EngineRecord>(&value) {
+                Ok(record) if record.kid == key => records.push(record),
+                _ => debug!(key = %key, "ignoring an engine record that does not decode"),
+            }
+        }
+        records.sort_by_key(|r| r.kid != self.kid);
+        records
+    }
+
+    /// Other engines that are serving now.
+    pub async fn live_peers(&self) -> Vec<String> {
+        let now = SystemClock.now();
+        self.engines()
+            .await
+            .into_iter()
+            .filter(|r| r.kid != self.kid && r.serving && now - r.seen_at <= LIVE_WITHIN_MS)
+            .map(|r| r.kid)
+            .collect()
+    }
+
+    /// The public keys of every engine, this engine's first.
+    pub async fn keys(&self) -> Vec<Jwk> {
+        let mut keys = vec![self.jwk.clone()];
+        for record in self.engines().await {
+            if !keys.iter().any(|k| k.kid == record.kid) {
+                keys.push(record.jwk);
+            }
+        }
+        keys
+    }
+
+    /// True when `kid` is the key of an engine other than this one.
+    pub async fn is_peer(&self, kid: &str) -> bool {
+        if kid == self.kid {
+            return false;
+        }
+        matches!(self.engines.get(kid).await, Ok(Some(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_about_a_run_or_batch_go_to_its_owner() {
+        let run = Uuid::from_u128(7);
+        let batch = Uuid::from_u128(9);
+        let status = Request::RunStatus { run };
+        assert_eq!(route_of(&status), Route::Owner(Owned::Run(run)));
+        let decide = Request::DecideBatch {
+            batch,
+            svid: String::new(),
+            approve: true,
+            binding: String::new(),
+            comment: None,
+        };
+        assert_eq!(route_of(&decide), Route::Owner(Owned::Batch(batch)));
+        assert_eq!(route_of(&Request::PendingBatches {}), Route::Everyone);
+        assert_eq!(route_of(&Request::Jwks {}), Route::Keys);
+        assert_eq!(route_of(&Request::Health {}), Route::Any);
+    }
+
+    #[test]
+    fn directory_keys_name_the_kind_and_id() {
+        let id = Uuid::from_u128(1);
+        assert_eq!(
+            Owned::Run(id).key(),
+            "run.00000000-0000-0000-0000-000000000001"
+        );
+        assert_eq!(
+            Owned::Batch(id).key(),
+            "batch.00000000-0000-0000-0000-000000000001"
+        );
+    }
+
+    #[test]
+    fn introspection_routes_by_the_signing_key_only_when_it_is_a_safe_subject_token() {
+        let header = |kid: &str| {
+            use base64::Engine as _;
+            let json = format!(r#"{{"alg":"EdDSA","typ":"stepgate-step+jwt","kid":"{kid}"}}"#);
+            let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+            format!("{h}.e30.c2ln")
+        };
+        let route = |kid: &str| route_of(&Request::Introspect { token: header(kid) });
+        assert_eq!(route("abc_DEF-123"), Route::Signer("abc_DEF-123".into()));
+        assert_eq!(route("a.b"), Route::Any);
+        assert_eq!(route("a>"), Route::Any);
+        assert_eq!(route("*"), Route::Any);
+        assert_eq!(route(""), Route::Any);
+        assert_eq!(route(&"k".repeat(129)), Route::Any);
+        let garbage = Request::Introspect {
+            token: "not a token".into(),
+        };
+        assert_eq!(route_of(&garbage), Route::Any);
+    }
+}

@@ -1,0 +1,275 @@
+//! Two engines on one NATS account, each with its own data directory: a
+//! request reaches the engine that owns its run or batch whichever engine
+//! receives it; the JWKS holds both keys; an owner that is down is named in
+//! the error; reviewers see every engine's batches.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers stop at the first surprise"
+)]
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats_server;
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nats_server::NatsServer;
+use serve::{dev_init, dev_svid, Engine};
+use stepgate::bus::{BusError, Request, Response, Transport};
+use stepgate::client::{AgentClient, Client, ClientError, ReviewerClient};
+use stepgate::engine::{DecisionReply, RunStatus, TokenReply};
+use stepgate::nats::NatsTransport;
+use uuid::Uuid;
+
+const STEPS: &[(&str, &str, &str)] = &[
+    ("unit-tests", "agent/ci-runner", "ci:tests:run"),
+    (
+        "build-image",
+        "agent/builder",
+        "registry:push:payments/payments-api",
+    ),
+    ("sign-image", "agent/signer", "signing:sign:release"),
+    ("deploy-staging", "agent/deployer", "deploy:staging"),
+    ("deploy-production", "agent/deployer", "deploy:production"),
+    ("migrate-production-db", "agent/migrator", "db:migrate"),
+    ("smoke-check", "agent/smoke-tester", "healthcheck:read"),
+];
+
+fn agent(dev: &Path, path: &str) -> String {
+    dev_svid(dev, &format!("spiffe://{DOMAIN}/{path}"))
+}
+
+async fn connect(url: &str) -> NatsTransport {
+    NatsTransport::connect(url, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+async fn start_run(t: &NatsTransport, dev: &Path) -> (Uuid, Vec<Uuid>) {
+    let text = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
+    let started = Client::new(t.clone())
+        .start_run(&dev_svid(dev, DANA), &text)
+        .await
+        .unwrap();
+    (started.run, started.batches)
+}
+
+/// Drives every step of a release run; approves its batch when asked.
+/// Checks each token with introspection while it is live and after.
+async fn drive(t: &NatsTransport, dev: &Path, run: Uuid) {
+    let client = Client::new(t.clone());
+    let reviewer = ReviewerClient::new(t.clone(), dev_svid(dev, RILEY));
+    for (step, who, scope) in STEPS {
+        let agent = AgentClient::new(t.clone(), agent(dev, who));
+        let scopes = [scope.to_string()];
+        let mut reply = agent.request_token(run, step, &scopes, None).await.unwrap();
+        if let TokenReply::Pending { batch, .. } = reply {
+            let shown = reviewer.batch(batch).await.unwrap();
+            assert_eq!(shown.run, run);
+            let decision = reviewer
+                .decide(batch, &shown.binding, true, None)
+                .await
+                .unwrap();
+            assert!(
+                matches!(decision, DecisionReply::Applied { approved: true, .. }),
+                "{decision:?}"
+            );
+            reply = agent.request_token(run, step, &scopes, None).await.unwrap();
+        }
+        let TokenReply::Issued { token, jti, .. } = reply else {
+            panic!("{step}: {reply:?}");
+        };
+        let live = client.introspect(&token).await.unwrap();
+        assert!(live.active, "{step}: token is live");
+        assert_eq!(live.jti, Some(jti.to_string()));
+        assert_eq!(live.run, Some(run.to_string()));
+        agent.complete(run, step, "done").await.unwrap();
+        assert!(!client.introspect(&token).await.unwrap().active);
+    }
+    assert_eq!(client.run(run).await.unwrap().status, RunStatus::Completed);
+}
+
+fn remote_code(result: Result<impl std::fmt::Debug, ClientError>) -> (String, String) {
+    match result {
+        Err(ClientError::Bus(BusError::Remote { code, message })) => (code, message),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+async fn jwks_kids(t: &NatsTransport) -> Vec<String> {
+    match t.call(Request::Jwks {}).await.unwrap() {
+        Response::Jwks(jwks) => jwks.keys.into_iter().map(|k| k.kid).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_share_the_work_and_each_run_is_answered_by_its_owner() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let t = connect(&nats.url()).await;
+
+    // Run 1 starts while only engine A serves, so A owns it.
+    let mut a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
+    let (run_a, batches_a) = start_run(&t, &dev).await;
+    assert_eq!(batches_a.len(), 1, "the release plan opens one batch");
+
+    // Run 2 starts while only engine B serves, so B owns it.
+    let mut b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
+    assert_ne!(a.kid(), b.kid(), "each data directory has its own key");
+    a.sigkill();
+    let (run_b, batches_b) = start_run(&t, &dev).await;
+
+    // With A down, B still knows run 1 is A's, and says so.
+    let client = Client::new(t.clone());
+    let (code, message) = remote_code(client.run(run_a).await);
+    assert_eq!(code, "unavailable");
+    assert_eq!(
+        message,
+        format!(
+            "run {run_a} is served by engine `{}`, which is not connected",
+            a.kid()
+        )
+    );
+    // A was killed without a goodbye, so its record still looks live: the
+    // list is B's batches only, and says A's are missing.
+    let reviewer = ReviewerClient::new(t.clone(), dev_svid(&dev, RILEY));
+    let pending = reviewer.pending().await.unwrap();
+    assert_eq!(pending.unreachable, vec![a.kid().to_string()]);
+    let listed: Vec<Uuid> = pending.batches.iter().map(|b| b.batch).collect();
+    assert_eq!(listed, batches_b);
+    // Tokens A signed stay verifiable: its key is still in the JWKS.
+    assert_eq!(
+        jwks_kids(&t).await,
+        vec![b.kid().to_string(), a.kid().to_string()]
+    );
+
+    // Both serve: every request, wherever the queue group delivers it,
+    // is answered by the run's owner.
+    a.spawn();
+    let pending = reviewer.pending().await.unwrap();
+    assert!(pending.unreachable.is_empty(), "{pending:?}");
+    let mut listed: Vec<Uuid> = pending.batches.iter().map(|b| b.batch).collect();
+    listed.sort();
+    let mut expected = [batches_a.clone(), batches_b.clone()].concat();
+    expected.sort();
+    assert_eq!(listed, expected);
+    drive(&t, &dev, run_a).await;
+    drive(&t, &dev, run_b).await;
+    let view_a = client.run(run_a).await.unwrap();
+    assert_eq!(view_a.batches, batches_a);
+
+    // A graceful stop tells the others: the list is complete without B.
+    assert_eq!(b.sigterm(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = reviewer.pending().await.unwrap();
+        if pending.unreachable.is_empty() {
+            assert!(pending.batches.is_empty(), "{pending:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = remote_code(client.run(run_b).await);
+    assert_eq!(code, "unavailable");
+    assert_eq!(
+        client.run(run_a).await.unwrap().status,
+        RunStatus::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_to_an_engine_is_answered_there_and_only_there() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let t = connect(&nats.url()).await;
+    let a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
+    let b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
+    let nc = t.client();
+
+    // Health on each engine's own subject names that engine.
+    for engine in [&a, &b] {
+        let subject = format!("stepgate.v1.engine.{}.health", engine.kid());
+        let reply = nc.request(subject, "{}".into()).await;
+        // No Content-Type header: the request is msgpack, and `{}` is not.
+        let reply = reply.unwrap();
+        let response: Response = rmp_serde::from_slice(&reply.payload).unwrap();
+        assert!(
+            matches!(response, Response::Error { ref code, .. } if code == "bad_request"),
+            "{response:?}"
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let reply = nc
+            .request_with_headers(
+                format!("stepgate.v1.engine.{}.health", engine.kid()),
+                headers,
+                "{}".into(),
+            )
+            .await
+            .unwrap();
+        let response: Response = serde_json::from_slice(&reply.payload).unwrap();
+        match response {
+            Response::Health { kid, ready, .. } => {
+                assert_eq!(kid, engine.kid());
+                assert!(ready);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // An unknown route on an engine's subject is refused by that engine.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    let subject = format!("stepgate.v1.engine.{}.no.such", a.kid());
+    let reply = nc
+        .request_with_headers(subject.clone(), headers, "{}".into())
+        .await
+        .unwrap();
+    let response: Response = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        response,
+        Response::Error {
+            code: "unknown_subject".into(),
+            message: format!("no request is served on `{subject}`"),
+        }
+    );
+
+    // A run is answered on its owner's subject and unknown on the other's:
+    // a forwarded request is never forwarded again.
+    let (run, _) = start_run(&t, &dev).await;
+    let status = |kid: &str| {
+        let nc = nc.clone();
+        let subject = format!("stepgate.v1.engine.{kid}.run.status");
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            let body = serde_json::to_vec(&serde_json::json!({ "run": run })).unwrap();
+            let reply = nc
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<Response>(&reply.payload).unwrap()
+        }
+    };
+    let (on_a, on_b) = (status(a.kid()).await, status(b.kid()).await);
+    let (owner, other) = match (&on_a, &on_b) {
+        (Response::Run(_), Response::Error { .. }) => (on_a, on_b),
+        (Response::Error { .. }, Response::Run(_)) => (on_b, on_a),
+        _ => panic!("exactly one engine owns the run: {on_a:?} / {on_b:?}"),
+    };
+    assert!(matches!(owner, Response::Run(ref v) if v.run == run));
+    assert!(matches!(other, Response::Error { ref code, .. } if code == "unknown_run"));
+}
