@@ -237,6 +237,22 @@ pub enum Event {
         /// The approving batch, for stepped-up tokens.
         approval: Option<Uuid>,
     },
+    /// A live token was handed out again to its own agent, who asked for
+    /// it with the same scopes (a retry after a lost reply). The token is
+    /// re-signed from its `token_issued` facts, byte for byte the same;
+    /// nothing else changes.
+    TokenRedelivered {
+        /// Run id.
+        run: Uuid,
+        /// Step id.
+        step: String,
+        /// Token id.
+        jti: Uuid,
+        /// The verified agent identity that asked again.
+        agent: String,
+        /// Digest of the identity document presented.
+        svid_digest: String,
+    },
     /// A token was revoked before it expired.
     TokenRevoked {
         /// Run id.
@@ -331,6 +347,7 @@ impl Event {
             | BatchWithdrawn { run, .. }
             | DecisionRefused { run, .. }
             | TokenIssued { run, .. }
+            | TokenRedelivered { run, .. }
             | TokenRevoked { run, .. }
             | TokenExpired { run, .. }
             | StepCompleted { run, .. }
@@ -359,6 +376,7 @@ impl Event {
             BatchWithdrawn { .. } => "batch_withdrawn",
             DecisionRefused { .. } => "decision_refused",
             TokenIssued { .. } => "token_issued",
+            TokenRedelivered { .. } => "token_redelivered",
             TokenRevoked { .. } => "token_revoked",
             TokenExpired { .. } => "token_expired",
             StepCompleted { .. } => "step_completed",

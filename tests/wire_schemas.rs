@@ -560,6 +560,13 @@ fn events() -> Vec<Event> {
             exp: 1_796_401_800_000,
             approval: Some(batch),
         },
+        Event::TokenRedelivered {
+            run,
+            step: "deploy-production".into(),
+            jti,
+            agent: DEPLOYER.into(),
+            svid_digest: DIGEST.into(),
+        },
         Event::TokenRevoked {
             run,
             step: "deploy-production".into(),
@@ -700,7 +707,7 @@ fn token_and_decision_replies_are_flat() {
 fn every_event_entry_fits_the_entry_schema() {
     let all = events();
     let kinds: BTreeSet<&str> = all.iter().map(Event::kind).collect();
-    assert_eq!(kinds.len(), 21, "one of every event type");
+    assert_eq!(kinds.len(), 22, "one of every event type");
     for (seq, event) in all.into_iter().enumerate() {
         let value = serde_json::to_value(entry(seq as u64, event)).unwrap();
         assert_valid("entry.schema.json", &value);

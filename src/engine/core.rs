@@ -10,7 +10,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::state::{ApplyError, BatchStatus, RunStatus, State, StepStatus, TokenStatus};
+use super::state::{
+    ApplyError, Batch, BatchStatus, RunStatus, State, StepStatus, TokenRecord, TokenStatus,
+};
 use crate::event::{Event, Millis, RevokeReason};
 use crate::identity::{verify_svid, IdentityError, TrustBundle};
 use crate::plan::preview;
@@ -19,7 +21,7 @@ use crate::review::{binding_digest, item_for, Reviewers};
 use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
 use crate::token::{KeyPair, StepClaims, TokenError};
-use crate::workflow::Workflow;
+use crate::workflow::{Step, Workflow};
 
 /// Engine settings. Defaults are deliberately short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -518,6 +520,13 @@ impl Engine {
             }
         };
         if let Some((kind, reason)) = self.precheck(req, &agent, step) {
+            // Every other precheck passed: the step's own agent asks for a
+            // step that holds a live token. A retry gets the same token.
+            if kind == RejectKind::TokenLive {
+                if let Some(reply) = self.redeliver(env, req, &agent, &svid_digest)? {
+                    return Ok(reply);
+                }
+            }
             return self.reject(now, req, Some(&agent), &svid_digest, kind, reason);
         }
 
@@ -573,6 +582,62 @@ impl Engine {
                 self.step_up(env, req, &agent, &group, &decision.policy_ids)
             }
         }
+    }
+
+    /// Hands the step's live token out again when `agent` asks with
+    /// exactly the scopes it carries.
+    ///
+    /// The token itself is never stored: it is re-signed from its
+    /// `token_issued` facts (Ed25519 signatures are deterministic) and
+    /// returned only when the result matches the recorded digest under the
+    /// same key id. `None` means the request stays a `token_live` reject:
+    /// other scopes, a lapsed token, a changed issuer or a new key.
+    fn redeliver(
+        &mut self,
+        env: &Env<'_>,
+        req: &TokenRequest<'_>,
+        agent: &SpiffeId,
+        svid_digest: &str,
+    ) -> Result<Option<TokenReply>, EngineError> {
+        let Some(record) = self.live_token(req.run, req.step, env.now).cloned() else {
+            return Ok(None);
+        };
+        let same_holder = record.sub == agent.as_str() && record.scopes == req.scopes.to_strings();
+        if !same_holder || record.kid != env.minter.kid() {
+            return Ok(None);
+        }
+        let workflow = self.run(req.run)?.workflow.clone();
+        let step = step_of(&workflow, req.run, req.step)?;
+        let claims = Grant::of_record(&record, &workflow, step).claims(&env.config.issuer);
+        let Ok(token) = env.minter.mint(&claims) else {
+            return Ok(None);
+        };
+        if sha256_text(&token) != record.digest {
+            return Ok(None);
+        }
+        self.emit(
+            env.now,
+            Event::TokenRedelivered {
+                run: req.run,
+                step: record.step.clone(),
+                jti: record.jti,
+                agent: agent.to_string(),
+                svid_digest: svid_digest.to_string(),
+            },
+        )?;
+        Ok(Some(TokenReply::Issued {
+            token,
+            jti: record.jti,
+            exp: record.exp,
+            scopes: record.scopes,
+            approval: record.approval,
+        }))
+    }
+
+    /// The step's token, when it is live at `now`.
+    fn live_token(&self, run: Uuid, step: &str, now: Millis) -> Option<&TokenRecord> {
+        let jti = self.state.runs.get(&run)?.steps.get(step)?.live_token?;
+        self.state.tokens.get(&jti).filter(|t| t.is_live_at(now))
     }
 
     /// Checks that need no policy: agent, scopes, intent, step and run state.
@@ -661,7 +726,10 @@ impl Engine {
             {
                 return Some((
                     RejectKind::TokenLive,
-                    format!("step `{}` already holds live token {jti}", step.id),
+                    format!(
+                        "step `{}` already holds live token {jti}; only a request with its scopes gets it again",
+                        step.id
+                    ),
                 ));
             }
         }
@@ -810,24 +878,20 @@ impl Engine {
             });
         }
         let jti = env.ids.next_id(now);
-        let claims = StepClaims {
-            iss: env.config.issuer.clone(),
-            sub: agent.to_string(),
-            aud: step.resource.clone(),
-            scope: req.scopes.to_claim(),
-            exp: exp_s,
-            iat: iat_s,
-            nbf: iat_s,
-            jti: jti.to_string(),
-            run: req.run.to_string(),
-            step: step.id.clone(),
-            wf: workflow.digest().to_string(),
-            intent: sha256_text(&step.intent),
-            approval: approval.map(|b| b.to_string()),
-            act: None,
-            cnf: None,
+        let scopes = req.scopes.to_strings();
+        let grant = Grant {
+            run: req.run,
+            workflow: &workflow,
+            step,
+            jti,
+            sub: agent.as_str(),
+            aud: &step.resource,
+            scopes: &scopes,
+            iat_s,
+            exp_s,
+            approval,
         };
-        let token = match env.minter.mint(&claims) {
+        let token = match env.minter.mint(&grant.claims(&env.config.issuer)) {
             Ok(t) => t,
             Err(e) => {
                 return Ok(TokenReply::Denied {
@@ -846,7 +910,7 @@ impl Engine {
                 kid: env.minter.kid().to_string(),
                 sub: agent.to_string(),
                 aud: step.resource.clone(),
-                scopes: req.scopes.to_strings(),
+                scopes: scopes.clone(),
                 iat: iat_s * 1000,
                 exp: exp_s * 1000,
                 approval,
@@ -856,7 +920,7 @@ impl Engine {
             token,
             jti,
             exp: exp_s * 1000,
-            scopes: req.scopes.to_strings(),
+            scopes,
             approval,
         })
     }
@@ -952,7 +1016,7 @@ impl Engine {
     fn refuse(
         &mut self,
         now: Millis,
-        batch: &super::state::Batch,
+        batch: &Batch,
         reviewer: Option<&SpiffeId>,
         kind: RefuseKind,
         reason: String,
@@ -1309,4 +1373,61 @@ fn step_of<'w>(
         run,
         step: step.to_string(),
     })
+}
+
+/// Everything a step token says, before it is signed. Issuing builds it
+/// from the request; redelivery rebuilds it from the `token_issued` facts,
+/// so both paths sign exactly the same claims.
+struct Grant<'a> {
+    run: Uuid,
+    workflow: &'a Workflow,
+    step: &'a Step,
+    jti: Uuid,
+    sub: &'a str,
+    aud: &'a str,
+    /// Sorted, as [`ScopeSet::to_strings`] gives them.
+    scopes: &'a [String],
+    iat_s: i64,
+    exp_s: i64,
+    approval: Option<Uuid>,
+}
+
+impl<'a> Grant<'a> {
+    /// The grant a recorded token was signed from. The record holds times
+    /// in ms, always whole seconds.
+    fn of_record(record: &'a TokenRecord, workflow: &'a Workflow, step: &'a Step) -> Self {
+        Self {
+            run: record.run,
+            workflow,
+            step,
+            jti: record.jti,
+            sub: &record.sub,
+            aud: &record.aud,
+            scopes: &record.scopes,
+            iat_s: record.iat / 1000,
+            exp_s: record.exp / 1000,
+            approval: record.approval,
+        }
+    }
+
+    /// The JWT claims, with `iss` from the engine's settings.
+    fn claims(&self, issuer: &str) -> StepClaims {
+        StepClaims {
+            iss: issuer.to_string(),
+            sub: self.sub.to_string(),
+            aud: self.aud.to_string(),
+            scope: self.scopes.join(" "),
+            exp: self.exp_s,
+            iat: self.iat_s,
+            nbf: self.iat_s,
+            jti: self.jti.to_string(),
+            run: self.run.to_string(),
+            step: self.step.id.clone(),
+            wf: self.workflow.digest().to_string(),
+            intent: sha256_text(&self.step.intent),
+            approval: self.approval.map(|b| b.to_string()),
+            act: None,
+            cnf: None,
+        }
+    }
 }

@@ -358,6 +358,10 @@ impl State {
                 self.tokens.insert(*jti, record);
                 self.by_digest.insert(digest.clone(), *jti);
             }
+            TokenRedelivered { jti, .. } => {
+                // Nothing changes; the token must be one the log issued.
+                self.token_mut(kind, jti)?;
+            }
             TokenRevoked {
                 run,
                 step,

@@ -1,0 +1,311 @@
+//! Requests retried after their answer was lost: a token request gets the
+//! same live token again, and only then.
+//! Each retry appends exactly what is asserted here, and nothing else.
+
+use super::*;
+use stepgate::policy::sha256_text;
+use stepgate::token::KeyPair;
+
+fn kinds(engine: &mut Engine) -> Vec<&'static str> {
+    engine.take_events().iter().map(Event::kind).collect()
+}
+
+fn ask_with_intent(
+    engine: &mut Engine,
+    w: &mut World,
+    run: Uuid,
+    step: &str,
+    scopes: &[&str],
+    intent: Option<&str>,
+) -> TokenReply {
+    let svid = w.svid(&w.agent_of(step));
+    let scopes = ScopeSet::parse(scopes).unwrap();
+    let req = TokenRequest {
+        run,
+        step,
+        svid: &svid,
+        scopes: &scopes,
+        intent,
+    };
+    engine.request_token(&mut w.env(), &req).unwrap()
+}
+
+fn is_token_live(reply: &TokenReply) -> bool {
+    matches!(
+        reply,
+        TokenReply::Rejected {
+            kind: RejectKind::TokenLive,
+            ..
+        }
+    )
+}
+
+#[test]
+fn a_retried_token_request_gets_the_byte_identical_token_and_logs_one_redelivery() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let first = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]);
+    let (token, jti) = issued(first.clone());
+    engine.take_events();
+
+    // Ten seconds later the agent, which never heard the answer, asks again.
+    w.now += 10_000;
+    let svid = w.svid(&w.agent_of("unit-tests"));
+    let again = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        &svid,
+    );
+    assert_eq!(again, first, "same token, jti, exp, scopes and approval");
+    let (token2, jti2) = issued(again);
+    assert_eq!(token2.as_bytes(), token.as_bytes());
+    assert_eq!(jti2, jti);
+
+    let events = engine.take_events();
+    assert_eq!(
+        events,
+        vec![Event::TokenRedelivered {
+            run,
+            step: "unit-tests".into(),
+            jti,
+            agent: "spiffe://dev.stepgate.local/agent/ci-runner".into(),
+            svid_digest: sha256_text(&svid),
+        }]
+    );
+    assert!(
+        !format!("{events:?}").contains(&token),
+        "no token in events"
+    );
+    assert_eq!(engine.state().tokens.len(), 1, "nothing new was issued");
+    assert_eq!(
+        engine.state().runs[&run].steps["unit-tests"].live_token,
+        Some(jti)
+    );
+}
+
+#[test]
+fn a_retry_stating_the_step_intent_is_redelivered_and_a_wrong_intent_is_not() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let intent = w.workflow.step("unit-tests").unwrap().intent.clone();
+    let (token, _) = issued(ask_with_intent(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        Some(&intent),
+    ));
+    engine.take_events();
+
+    let again = ask_with_intent(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        Some(&intent),
+    );
+    assert_eq!(issued(again).0, token);
+    assert_eq!(kinds(&mut engine), vec!["token_redelivered"]);
+
+    let wrong = ask_with_intent(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        Some("Deploy to production."),
+    );
+    assert!(
+        matches!(
+            wrong,
+            TokenReply::Rejected {
+                kind: RejectKind::IntentMismatch,
+                ..
+            }
+        ),
+        "{wrong:?}"
+    );
+    assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
+}
+
+#[test]
+fn a_retry_with_other_scopes_while_a_token_is_live_is_still_token_live() {
+    // Triage declares logs and metrics; it got a token for logs only.
+    let mut w = World::new("incident-response");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "triage",
+        &["logs:read:checkout"],
+    ));
+    engine.take_events();
+
+    for scopes in [
+        &["logs:read:checkout", "metrics:read:checkout"][..],
+        &["metrics:read:checkout"][..],
+    ] {
+        let reply = ask(&mut engine, &mut w, run, "triage", scopes);
+        assert_eq!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::TokenLive,
+                reason: format!(
+                    "step `triage` already holds live token {jti}; only a request with its scopes gets it again"
+                ),
+            }
+        );
+        assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
+    }
+    assert_eq!(engine.state().tokens.len(), 1);
+}
+
+#[test]
+fn a_retry_from_another_agent_or_a_bad_identity_is_refused_as_before() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    engine.take_events();
+
+    let builder = w.svid("spiffe://dev.stepgate.local/agent/builder");
+    let reply = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        &builder,
+    );
+    assert!(
+        matches!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::WrongAgent,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let reply = ask_as(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+        "not-a-jwt",
+    );
+    assert!(
+        matches!(
+            reply,
+            TokenReply::Rejected {
+                kind: RejectKind::BadIdentity,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(
+        kinds(&mut engine),
+        vec!["request_rejected", "request_rejected"]
+    );
+}
+
+#[test]
+fn a_retry_after_the_issuer_or_the_signing_key_changed_falls_back_to_token_live() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    engine.take_events();
+
+    // Another issuer: the rebuilt token's digest is not the recorded one.
+    w.config.issuer = "https://stepgate.elsewhere".into();
+    let reply = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]);
+    assert!(is_token_live(&reply), "{reply:?}");
+    assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
+
+    // Another key: the recorded kid is not the current one.
+    w.config = stepgate::engine::Config::default();
+    w.key = KeyPair::from_secret_bytes([9u8; 32]);
+    let reply = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]);
+    assert!(is_token_live(&reply), "{reply:?}");
+    assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
+}
+
+#[test]
+fn a_token_past_exp_is_not_redelivered() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    engine.take_events();
+    // Past exp but before the expiry sweep ran: nothing is handed out.
+    w.now = T0 + 300_000;
+    let reply = ask(&mut engine, &mut w, run, "unit-tests", &["ci:tests:run"]);
+    assert!(is_token_live(&reply), "{reply:?}");
+    assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
+}
+
+#[test]
+fn a_stepped_up_token_is_redelivered_with_its_approval_and_no_new_decision() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = through_staging(&mut engine, &mut w);
+    let batch = engine.state().runs[&run].batches[0];
+    decide(&mut engine, &mut w, batch, RILEY, true);
+    let first = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    );
+    assert!(matches!(
+        first,
+        TokenReply::Issued {
+            approval: Some(b),
+            ..
+        } if b == batch
+    ));
+    engine.take_events();
+    let again = ask(
+        &mut engine,
+        &mut w,
+        run,
+        "deploy-production",
+        &["deploy:production"],
+    );
+    assert_eq!(again, first);
+    // No `decided` event: audit pairs each issue with its decision, and a
+    // redelivery is not a new issue.
+    assert_eq!(kinds(&mut engine), vec!["token_redelivered"]);
+    assert_eq!(engine.state().runs[&run].stepups, 1);
+}
