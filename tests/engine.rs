@@ -675,7 +675,10 @@ fn replaying_the_events_rebuilds_identical_state() {
     let mut w = World::new("release");
     let svid = w.svid(DANA);
     let wf = w.workflow.clone();
-    let run2 = engine.start_run(&mut w.env(), &svid, &wf).unwrap().run;
+    let run2 = engine
+        .start_run(&mut w.env(), &svid, &wf, None)
+        .unwrap()
+        .run;
     assert_eq!(run, run2, "ids are deterministic");
     log.extend(engine.take_events().into_iter().map(|e| (w.now, e)));
     issued(ask(

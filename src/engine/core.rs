@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::state::{
-    ApplyError, Batch, BatchStatus, RunStatus, State, StepStatus, TokenRecord, TokenStatus,
+    ApplyError, Batch, BatchStatus, Run, RunStatus, State, StepStatus, TokenRecord, TokenStatus,
 };
 use crate::event::{Event, Millis, RevokeReason};
 use crate::identity::{verify_svid, IdentityError, TrustBundle};
 use crate::plan::preview;
 use crate::policy::{sha256_text, Facts, Outcome, PolicySet};
+use crate::request_id::RequestId;
 use crate::review::{binding_digest, item_for, Reviewers};
 use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
@@ -146,6 +147,14 @@ pub enum EngineError {
     /// The request does not fit the run's state.
     #[error("{0}")]
     Conflict(String),
+    /// A request id already started a run of another workflow.
+    #[error("request id `{request_id}` already started run {run} of another workflow; nothing was started")]
+    RequestIdReused {
+        /// The key.
+        request_id: String,
+        /// The run it started.
+        run: Uuid,
+    },
     /// The engine's own state is inconsistent; a bug or a damaged log.
     #[error("inconsistent state: {0}")]
     Inconsistent(#[from] ApplyError),
@@ -233,14 +242,16 @@ impl RefuseKind {
     }
 }
 
-/// A new run.
+/// A new run. A start repeated with the same request id answers the
+/// run it started, with its batches and ready steps as they are at the
+/// time of the repeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStartedReply {
     /// Run id.
     pub run: Uuid,
-    /// Batches opened, in order.
+    /// Batches of the run, in opening order.
     pub batches: Vec<Uuid>,
-    /// Steps ready now.
+    /// Steps ready now, in topological order.
     pub ready: Vec<String>,
 }
 
@@ -418,14 +429,60 @@ impl Engine {
 
     /// Starts a run of `workflow` for the holder of `svid`, opening the
     /// review batches the plan calls for.
+    ///
+    /// With a `request_id` the start is idempotent per requester: when the
+    /// same requester already started a run with that key, nothing is
+    /// appended and the answer names that run (its batches and ready steps
+    /// as they are now). The same key with another workflow is
+    /// [`EngineError::RequestIdReused`].
     pub fn start_run(
         &mut self,
         env: &mut Env<'_>,
         svid: &str,
         workflow: &Workflow,
+        request_id: Option<&RequestId>,
     ) -> Result<RunStartedReply, EngineError> {
         let requester =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+        if let Some(key) = request_id {
+            if let Some(reply) = self.started_before(&requester, key, workflow)? {
+                return Ok(reply);
+            }
+        }
+        self.open_run(env, &requester, workflow, request_id)
+    }
+
+    /// The answer to a start `requester` already made with `key`, if any.
+    fn started_before(
+        &self,
+        requester: &SpiffeId,
+        key: &RequestId,
+        workflow: &Workflow,
+    ) -> Result<Option<RunStartedReply>, EngineError> {
+        let Some(run) = self.state.run_by_request(requester.as_str(), key.as_str()) else {
+            return Ok(None);
+        };
+        if run.workflow.digest() != workflow.digest() {
+            return Err(EngineError::RequestIdReused {
+                request_id: key.to_string(),
+                run: run.id,
+            });
+        }
+        Ok(Some(RunStartedReply {
+            run: run.id,
+            batches: run.batches.clone(),
+            ready: ready_steps(run),
+        }))
+    }
+
+    /// Records a new run, its batches and its first ready steps.
+    fn open_run(
+        &mut self,
+        env: &mut Env<'_>,
+        requester: &SpiffeId,
+        workflow: &Workflow,
+        request_id: Option<&RequestId>,
+    ) -> Result<RunStartedReply, EngineError> {
         let now = env.now;
         let run = env.ids.next_id(now);
         let deadline_ms = i64::try_from(workflow.deadline_secs).unwrap_or(i64::MAX / 2_000) * 1000;
@@ -440,6 +497,7 @@ impl Engine {
                 policy_digest: env.policy.digest().to_string(),
                 deadline: now.saturating_add(deadline_ms),
                 stepup_budget: workflow.stepup_budget,
+                request_id: request_id.map(ToString::to_string),
             },
         )?;
 
@@ -1373,6 +1431,19 @@ fn step_of<'w>(
         run,
         step: step.to_string(),
     })
+}
+
+/// The steps of `run` that are ready now, in topological order.
+fn ready_steps(run: &Run) -> Vec<String> {
+    run.workflow
+        .topo_order()
+        .filter(|s| {
+            run.steps
+                .get(&s.id)
+                .is_some_and(|st| st.status == StepStatus::Ready)
+        })
+        .map(|s| s.id.clone())
+        .collect()
 }
 
 /// Everything a step token says, before it is signed. Issuing builds it

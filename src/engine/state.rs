@@ -242,6 +242,18 @@ pub enum ApplyError {
     /// A run id was started twice.
     #[error("run {0} started twice")]
     DuplicateRun(Uuid),
+    /// One requester used one request id for two runs.
+    #[error("run {run}: request id `{request_id}` of `{requester}` already started run {first}")]
+    DuplicateRequest {
+        /// The second run.
+        run: Uuid,
+        /// The run the key started first.
+        first: Uuid,
+        /// Who started both.
+        requester: String,
+        /// The key.
+        request_id: String,
+    },
 }
 
 /// Everything the engine knows: runs, batches, tokens, keys.
@@ -257,6 +269,8 @@ pub struct State {
     pub kids: Vec<String>,
     /// Token ids by token digest, for introspection.
     pub by_digest: BTreeMap<String, Uuid>,
+    /// Runs by (requester, request id), for idempotent starts.
+    pub runs_by_request: BTreeMap<(String, String), Uuid>,
 }
 
 impl State {
@@ -408,6 +422,7 @@ impl State {
             policy_digest,
             deadline,
             stepup_budget,
+            request_id,
             ..
         } = event
         else {
@@ -415,6 +430,15 @@ impl State {
         };
         if self.runs.contains_key(run) {
             return Err(ApplyError::DuplicateRun(*run));
+        }
+        let key = request_id.as_ref().map(|k| (requester.clone(), k.clone()));
+        if let Some(first) = key.as_ref().and_then(|k| self.runs_by_request.get(k)) {
+            return Err(ApplyError::DuplicateRequest {
+                run: *run,
+                first: *first,
+                requester: requester.clone(),
+                request_id: request_id.clone().unwrap_or_default(),
+            });
         }
         let parsed = Workflow::parse("<stored workflow>", workflow_json).map_err(|e| {
             ApplyError::Workflow {
@@ -452,7 +476,18 @@ impl State {
             batches: vec![],
         };
         self.runs.insert(*run, record);
+        if let Some(key) = key {
+            self.runs_by_request.insert(key, *run);
+        }
         Ok(())
+    }
+
+    /// The run `requester` started with `request_id`, if any.
+    pub fn run_by_request(&self, requester: &str, request_id: &str) -> Option<&Run> {
+        let key = (requester.to_string(), request_id.to_string());
+        self.runs_by_request
+            .get(&key)
+            .and_then(|run| self.runs.get(run))
     }
 
     fn decided(

@@ -1,13 +1,30 @@
 //! Requests retried after their answer was lost: a token request gets the
-//! same live token again, and only then.
+//! same live token again and a keyed run start answers the run it started.
 //! Each retry appends exactly what is asserted here, and nothing else.
 
 use super::*;
+use stepgate::engine::{EngineError, RunStartedReply};
 use stepgate::policy::sha256_text;
+use stepgate::request_id::RequestId;
 use stepgate::token::KeyPair;
 
 fn kinds(engine: &mut Engine) -> Vec<&'static str> {
     engine.take_events().iter().map(Event::kind).collect()
+}
+
+fn key(s: &str) -> RequestId {
+    RequestId::parse(s).unwrap()
+}
+
+fn start_keyed(
+    engine: &mut Engine,
+    w: &mut World,
+    who: &str,
+    request_id: &str,
+) -> Result<RunStartedReply, EngineError> {
+    let svid = w.svid(who);
+    let wf = w.workflow.clone();
+    engine.start_run(&mut w.env(), &svid, &wf, Some(&key(request_id)))
 }
 
 fn ask_with_intent(
@@ -308,4 +325,161 @@ fn a_stepped_up_token_is_redelivered_with_its_approval_and_no_new_decision() {
     // redelivery is not a new issue.
     assert_eq!(kinds(&mut engine), vec!["token_redelivered"]);
     assert_eq!(engine.state().runs[&run].stepups, 1);
+}
+
+#[test]
+fn a_start_repeated_with_its_request_id_answers_the_same_run_and_logs_nothing() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let first = start_keyed(&mut engine, &mut w, DANA, "release-2026-12-04").unwrap();
+    let started = kinds(&mut engine);
+    assert_eq!(started[0], "run_started");
+
+    let again = start_keyed(&mut engine, &mut w, DANA, "release-2026-12-04").unwrap();
+    assert_eq!(again, first);
+    assert!(kinds(&mut engine).is_empty(), "a repeat appends nothing");
+    assert_eq!(engine.state().runs.len(), 1);
+
+    // The answer shows the run as it is now.
+    let run = first.run;
+    issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    complete(&mut engine, &mut w, run, "unit-tests");
+    engine.take_events();
+    let later = start_keyed(&mut engine, &mut w, DANA, "release-2026-12-04").unwrap();
+    assert_eq!(
+        later,
+        RunStartedReply {
+            run,
+            batches: first.batches.clone(),
+            ready: vec!["build-image".into()],
+        }
+    );
+    assert!(kinds(&mut engine).is_empty());
+}
+
+#[test]
+fn request_ids_are_per_requester_and_a_start_without_one_always_starts() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let dana = start_keyed(&mut engine, &mut w, DANA, "nightly").unwrap();
+    let sam = start_keyed(&mut engine, &mut w, SAM, "nightly").unwrap();
+    assert_ne!(dana.run, sam.run);
+    let plain_a = start(&mut engine, &mut w).run;
+    let plain_b = start(&mut engine, &mut w).run;
+    assert_ne!(plain_a, plain_b);
+    assert_eq!(engine.state().runs.len(), 4);
+    assert_eq!(engine.state().runs_by_request.len(), 2);
+}
+
+#[test]
+fn the_same_request_id_with_another_workflow_is_a_conflict_and_changes_nothing() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let first = start_keyed(&mut engine, &mut w, DANA, "release-1").unwrap();
+    engine.take_events();
+
+    let text = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
+    w.workflow = stepgate::workflow::Workflow::parse(
+        "release-budget-1",
+        &text.replace("stepup_budget: 2", "stepup_budget: 1"),
+    )
+    .unwrap();
+    let err = start_keyed(&mut engine, &mut w, DANA, "release-1").unwrap_err();
+    match &err {
+        EngineError::RequestIdReused { request_id, run } => {
+            assert_eq!(request_id, "release-1");
+            assert_eq!(*run, first.run);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "request id `release-1` already started run {} of another workflow; nothing was started",
+            first.run
+        )
+    );
+    assert!(kinds(&mut engine).is_empty(), "nothing appended");
+    assert_eq!(engine.state().runs.len(), 1);
+}
+
+#[test]
+fn replaying_the_log_rebuilds_the_request_id_index() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let first = start_keyed(&mut engine, &mut w, DANA, "release-1").unwrap();
+    let log: Vec<(i64, Event)> = engine
+        .take_events()
+        .into_iter()
+        .map(|e| (w.now, e))
+        .collect();
+    match &log[0].1 {
+        Event::RunStarted { request_id, .. } => {
+            assert_eq!(request_id.as_deref(), Some("release-1"))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut replayed = Engine::replay(log.iter().map(|(at, e)| (*at, e))).unwrap();
+    assert_eq!(
+        replayed.state().runs_by_request,
+        engine.state().runs_by_request
+    );
+    assert_eq!(
+        replayed
+            .state()
+            .run_by_request(DANA, "release-1")
+            .map(|r| r.id),
+        Some(first.run)
+    );
+    let again = start_keyed(&mut replayed, &mut w, DANA, "release-1").unwrap();
+    assert_eq!(again, first);
+    assert!(replayed.take_events().is_empty());
+}
+
+#[test]
+fn a_log_that_uses_one_request_id_for_two_runs_does_not_replay() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    start_keyed(&mut engine, &mut w, DANA, "k").unwrap();
+    let first = engine.take_events().remove(0);
+    let Event::RunStarted {
+        requester,
+        workflow,
+        workflow_digest,
+        workflow_json,
+        policy_digest,
+        deadline,
+        stepup_budget,
+        request_id,
+        ..
+    } = first.clone()
+    else {
+        panic!("{first:?}")
+    };
+    let second = Event::RunStarted {
+        run: Uuid::from_u128(99),
+        requester,
+        workflow,
+        workflow_digest,
+        workflow_json,
+        policy_digest,
+        deadline,
+        stepup_budget,
+        request_id,
+    };
+    let err = Engine::replay([(T0, &first), (T0, &second)]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            stepgate::engine::ApplyError::DuplicateRequest { run, .. } if run == Uuid::from_u128(99)
+        ),
+        "{err:?}"
+    );
 }
