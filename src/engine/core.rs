@@ -984,6 +984,12 @@ impl Engine {
     }
 
     /// Records a reviewer's decision on a batch.
+    ///
+    /// A decision the same reviewer already made on the batch, with the
+    /// same verdict and binding, is answered as it was the first time
+    /// (`applied`, the same `valid_until`) and appends nothing; the first
+    /// comment stays on record. Any other decision on a decided batch is
+    /// refused as `already_decided`.
     pub fn decide_batch(
         &mut self,
         env: &mut Env<'_>,
@@ -1008,6 +1014,9 @@ impl Engine {
                 )
             }
         };
+        if let Some(reply) = decided_before(&batch, &reviewer, d) {
+            return Ok(reply);
+        }
         let run = self.run(batch.run)?;
         let check = if batch.status != BatchStatus::Pending {
             let status = serde_json::to_value(&batch.status).ok();
@@ -1094,6 +1103,11 @@ impl Engine {
 
     /// The step's agent reports it done: its token is revoked and the
     /// steps that waited on it become ready.
+    ///
+    /// Repeated by the step's agent after the step completed, it appends
+    /// nothing and answers again: the step's revoked token, the steps that
+    /// depend on it and are ready now, and the run's status now. The first
+    /// summary stays on record.
     pub fn complete_step(
         &mut self,
         env: &mut Env<'_>,
@@ -1103,7 +1117,9 @@ impl Engine {
         summary: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid, true)?;
+        if let Some(reply) = self.check_step_owner(env, run, step, svid, StepStatus::Completed)? {
+            return Ok(reply);
+        }
         let revoked = self.revoke_step(now, run, step, RevokeReason::StepCompleted)?;
         self.emit(
             now,
@@ -1154,6 +1170,10 @@ impl Engine {
 
     /// The step's agent reports it failed: the run fails and every live
     /// token of it is revoked.
+    ///
+    /// Repeated by the step's agent after the step failed, it appends
+    /// nothing and answers the tokens the failure revoked and the run's
+    /// status. The first reason stays on record.
     pub fn fail_step(
         &mut self,
         env: &mut Env<'_>,
@@ -1163,7 +1183,9 @@ impl Engine {
         reason: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid, false)?;
+        if let Some(reply) = self.check_step_owner(env, run, step, svid, StepStatus::Failed)? {
+            return Ok(reply);
+        }
         let mut revoked = self.revoke_step(now, run, step, RevokeReason::StepFailed)?;
         self.emit(
             now,
@@ -1189,14 +1211,17 @@ impl Engine {
         })
     }
 
+    /// Checks that the holder of `svid` may end `step` with `outcome`
+    /// (`Completed` or `Failed`). `Some` is the answer to a repeat: the
+    /// step already ended that way.
     fn check_step_owner(
         &self,
         env: &Env<'_>,
         run: Uuid,
         step: &str,
         svid: &str,
-        needs_token: bool,
-    ) -> Result<(), EngineError> {
+        outcome: StepStatus,
+    ) -> Result<Option<StepReply>, EngineError> {
         let agent =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
         let r = self.run(run)?;
@@ -1207,13 +1232,16 @@ impl Engine {
                 declared.agent
             )));
         }
-        if r.status.is_final() {
-            return Err(EngineError::Conflict(format!("run {run} has ended")));
-        }
         let state = r.steps.get(step).ok_or_else(|| EngineError::UnknownStep {
             run,
             step: step.to_string(),
         })?;
+        if state.status == outcome {
+            return Ok(Some(self.ended_before(r, step, outcome)));
+        }
+        if r.status.is_final() {
+            return Err(EngineError::Conflict(format!("run {run} has ended")));
+        }
         if state.status != StepStatus::Ready {
             return Err(EngineError::Conflict(format!(
                 "step `{step}` is not in progress"
@@ -1221,12 +1249,61 @@ impl Engine {
         }
         // Completing needs a token (the work was authorized); failing does not:
         // a denied step fails without one.
-        if needs_token && state.tokens.is_empty() {
+        if outcome == StepStatus::Completed && state.tokens.is_empty() {
             return Err(EngineError::Conflict(format!(
                 "step `{step}` never received a token"
             )));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The answer to a completion or failure of `step` repeated after the
+    /// step ended with `outcome`, rebuilt from the state.
+    fn ended_before(&self, r: &Run, step: &str, outcome: StepStatus) -> StepReply {
+        if outcome == StepStatus::Failed {
+            // The failed step's tokens first, then the rest of the run's,
+            // as the failure revoked them.
+            let others = r.steps.keys().filter(|s| s.as_str() != step);
+            let order = std::iter::once(step).chain(others.map(String::as_str));
+            return StepReply {
+                ready: vec![],
+                run_status: r.status,
+                revoked: self.revoked_in(r, order, RevokeReason::StepFailed),
+            };
+        }
+        let ready = ready_steps(r)
+            .into_iter()
+            .filter(|id| {
+                r.workflow
+                    .step(id)
+                    .is_some_and(|s| s.depends_on.iter().any(|d| d == step))
+            })
+            .collect();
+        StepReply {
+            ready,
+            run_status: r.status,
+            revoked: self.revoked_in(r, [step], RevokeReason::StepCompleted),
+        }
+    }
+
+    /// Tokens of `steps` of `r` revoked for `reason`, step by step in
+    /// issue order.
+    fn revoked_in<'s>(
+        &self,
+        r: &Run,
+        steps: impl IntoIterator<Item = &'s str>,
+        reason: RevokeReason,
+    ) -> Vec<Uuid> {
+        let revoked_for = |jti: &&Uuid| {
+            self.state.tokens.get(*jti).is_some_and(
+                |t| matches!(t.status, TokenStatus::Revoked { reason: why, .. } if why == reason),
+            )
+        };
+        steps
+            .into_iter()
+            .filter_map(|s| r.steps.get(s))
+            .flat_map(|s| s.tokens.iter().filter(revoked_for).copied())
+            .collect()
     }
 
     /// Cancels a run: revokes every live token and closes its batches.
@@ -1501,4 +1578,22 @@ impl<'a> Grant<'a> {
             cnf: None,
         }
     }
+}
+
+/// The first answer to a decision `reviewer` already made on `batch` with
+/// the same verdict and binding, if that is what `d` repeats.
+fn decided_before(
+    batch: &Batch,
+    reviewer: &SpiffeId,
+    d: &ReviewDecision<'_>,
+) -> Option<DecisionReply> {
+    let verdict = batch.verdict.as_ref()?;
+    let same = verdict.reviewer == reviewer.as_str()
+        && verdict.approved == d.approve
+        && d.binding == batch.binding;
+    same.then_some(DecisionReply::Applied {
+        batch: batch.id,
+        approved: verdict.approved,
+        valid_until: verdict.valid_until,
+    })
 }

@@ -144,6 +144,20 @@ pub struct Batch {
     pub expires_at: Millis,
     /// Status.
     pub status: BatchStatus,
+    /// The decision, once one was recorded; a retried decision is
+    /// answered from it.
+    pub verdict: Option<Verdict>,
+}
+
+/// A batch's recorded decision, as its `batch_decided` event says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The reviewer.
+    pub reviewer: String,
+    /// True for approve.
+    pub approved: bool,
+    /// Until when the approval may be used (also set on a denial).
+    pub valid_until: Millis,
 }
 
 /// Where a token stands.
@@ -303,6 +317,7 @@ impl State {
                     opened_at: at,
                     expires_at: *expires_at,
                     status: BatchStatus::Pending,
+                    verdict: None,
                 };
                 let r = self.run_mut(kind, run)?;
                 r.batches.push(*batch);
@@ -321,6 +336,11 @@ impl State {
                 ..
             } => {
                 let b = self.batch_mut(kind, batch)?;
+                b.verdict = Some(Verdict {
+                    reviewer: reviewer.clone(),
+                    approved: *approved,
+                    valid_until: *valid_until,
+                });
                 b.status = if *approved {
                     BatchStatus::Approved {
                         by: reviewer.clone(),

@@ -1,9 +1,10 @@
 //! Requests retried after their answer was lost: a token request gets the
-//! same live token again and a keyed run start answers the run it started.
+//! same live token again, a keyed run start answers the run it started, and
+//! repeated decisions, completions and failures answer their first outcome.
 //! Each retry appends exactly what is asserted here, and nothing else.
 
 use super::*;
-use stepgate::engine::{EngineError, RunStartedReply};
+use stepgate::engine::{EngineError, RunStartedReply, StepReply};
 use stepgate::policy::sha256_text;
 use stepgate::request_id::RequestId;
 use stepgate::token::KeyPair;
@@ -482,4 +483,191 @@ fn a_log_that_uses_one_request_id_for_two_runs_does_not_replay() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn a_decision_repeated_by_its_reviewer_answers_as_first_and_logs_nothing() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let batch = engine.state().runs[&run].batches[0];
+    w.now += 60_000;
+    let first = decide(&mut engine, &mut w, batch, RILEY, true);
+    assert_eq!(
+        first,
+        DecisionReply::Applied {
+            batch,
+            approved: true,
+            valid_until: T0 + 60_000 + 900_000
+        }
+    );
+    engine.take_events();
+
+    w.now += 30_000;
+    assert_eq!(decide(&mut engine, &mut w, batch, RILEY, true), first);
+    assert!(kinds(&mut engine).is_empty(), "a repeat appends nothing");
+
+    // Another verdict, or another reviewer, is refused as before.
+    let flipped = decide(&mut engine, &mut w, batch, RILEY, false);
+    let other = decide(&mut engine, &mut w, batch, SAM, true);
+    for reply in [flipped, other] {
+        assert_eq!(
+            reply,
+            DecisionReply::Refused {
+                kind: RefuseKind::AlreadyDecided,
+                reason: format!("batch {batch} is already approved")
+            }
+        );
+    }
+    assert_eq!(
+        kinds(&mut engine),
+        vec!["decision_refused", "decision_refused"]
+    );
+}
+
+#[test]
+fn a_denial_repeated_with_another_binding_is_refused() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let batch = engine.state().runs[&run].batches[0];
+    let first = decide(&mut engine, &mut w, batch, RILEY, false);
+    assert_eq!(decide(&mut engine, &mut w, batch, RILEY, false), first);
+    engine.take_events();
+    let svid = w.svid(RILEY);
+    let d = ReviewDecision {
+        batch,
+        svid: &svid,
+        approve: false,
+        binding: "sha256:00",
+        comment: None,
+    };
+    let reply = engine.decide_batch(&mut w.env(), &d).unwrap();
+    assert!(matches!(
+        reply,
+        DecisionReply::Refused {
+            kind: RefuseKind::AlreadyDecided,
+            ..
+        }
+    ));
+    assert_eq!(kinds(&mut engine), vec!["decision_refused"]);
+}
+
+#[test]
+fn a_completion_repeated_by_its_agent_answers_success_and_logs_nothing() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    let svid = w.svid(&w.agent_of("unit-tests"));
+    let first = engine
+        .complete_step(&mut w.env(), run, "unit-tests", &svid, "412 passed")
+        .unwrap();
+    let expected = StepReply {
+        ready: vec!["build-image".into()],
+        run_status: RunStatus::Active,
+        revoked: vec![jti],
+    };
+    assert_eq!(first, expected);
+    engine.take_events();
+
+    let again = engine
+        .complete_step(&mut w.env(), run, "unit-tests", &svid, "412 passed")
+        .unwrap();
+    assert_eq!(again, expected);
+    assert!(kinds(&mut engine).is_empty());
+
+    // Another agent is still forbidden; failing a completed step conflicts.
+    let builder = w.svid("spiffe://dev.stepgate.local/agent/builder");
+    let err = engine
+        .complete_step(&mut w.env(), run, "unit-tests", &builder, "done")
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Forbidden(_)), "{err:?}");
+    let err = engine
+        .fail_step(&mut w.env(), run, "unit-tests", &svid, "oops")
+        .unwrap_err();
+    assert_eq!(err.to_string(), "step `unit-tests` is not in progress");
+    assert!(kinds(&mut engine).is_empty());
+}
+
+#[test]
+fn completing_the_last_step_again_answers_the_completed_run() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = through_staging(&mut engine, &mut w);
+    let batch = engine.state().runs[&run].batches[0];
+    decide(&mut engine, &mut w, batch, RILEY, true);
+    for (step, scope) in [
+        ("deploy-production", "deploy:production"),
+        ("migrate-production-db", "db:migrate"),
+    ] {
+        issued(ask(&mut engine, &mut w, run, step, &[scope]));
+        complete(&mut engine, &mut w, run, step);
+    }
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "smoke-check",
+        &["healthcheck:read"],
+    ));
+    let svid = w.svid(&w.agent_of("smoke-check"));
+    let first = engine
+        .complete_step(&mut w.env(), run, "smoke-check", &svid, "ok")
+        .unwrap();
+    assert_eq!(
+        first,
+        StepReply {
+            ready: vec![],
+            run_status: RunStatus::Completed,
+            revoked: vec![jti],
+        }
+    );
+    engine.take_events();
+    let again = engine
+        .complete_step(&mut w.env(), run, "smoke-check", &svid, "ok")
+        .unwrap();
+    assert_eq!(again, first);
+    assert!(kinds(&mut engine).is_empty());
+}
+
+#[test]
+fn a_failure_repeated_by_its_agent_answers_the_same_revocations() {
+    let mut w = World::new("release");
+    let mut engine = Engine::new();
+    let run = start(&mut engine, &mut w).run;
+    let (_, jti) = issued(ask(
+        &mut engine,
+        &mut w,
+        run,
+        "unit-tests",
+        &["ci:tests:run"],
+    ));
+    let svid = w.svid(&w.agent_of("unit-tests"));
+    let first = engine
+        .fail_step(&mut w.env(), run, "unit-tests", &svid, "3 failed")
+        .unwrap();
+    let expected = StepReply {
+        ready: vec![],
+        run_status: RunStatus::Failed,
+        revoked: vec![jti],
+    };
+    assert_eq!(first, expected);
+    engine.take_events();
+
+    let again = engine
+        .fail_step(&mut w.env(), run, "unit-tests", &svid, "3 failed")
+        .unwrap();
+    assert_eq!(again, expected);
+    assert!(kinds(&mut engine).is_empty());
+    let err = engine
+        .complete_step(&mut w.env(), run, "unit-tests", &svid, "ok")
+        .unwrap_err();
+    assert_eq!(err.to_string(), format!("run {run} has ended"));
 }
