@@ -3,8 +3,9 @@
 //! Works on a copy of the data directory with no network: it re-checks
 //! the hash chain record by record, replays the events into engine state,
 //! and answers what an auditor asks — did the chain hold, what happened
-//! in a run, who approved what, which tokens were live when, and did
-//! every stepped-up token carry an approval of its own step.
+//! in a run, who approved what, which tokens were live when, did every
+//! stepped-up token carry an approval of its own step, and was a token
+//! handed out again (a retried request) only to its own agent while live.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,10 +122,33 @@ fn findings(entries: &[Entry], state: &State) -> Vec<String> {
                     (Some(Outcome::Allow), Some(_)) => {}
                 }
             }
+            Event::TokenRedelivered { jti, agent, .. } => {
+                if let Some(problem) = redelivery_problem(state, *jti, agent, entry.at) {
+                    out.push(format!("seq {}: token {jti}: {problem}", entry.seq));
+                }
+            }
             _ => {}
         }
     }
     out
+}
+
+/// What is wrong with handing token `jti` to `agent` again at `at`: only
+/// its own subject may get it, and only while it is usable.
+fn redelivery_problem(state: &State, jti: Uuid, agent: &str, at: Millis) -> Option<String> {
+    let Some(token) = state.tokens.get(&jti) else {
+        return Some("redelivered but never issued".into());
+    };
+    if token.sub != agent {
+        return Some(format!(
+            "issued to {} but redelivered to {agent}",
+            token.sub
+        ));
+    }
+    if at < token.iat || at >= token.ended_at() {
+        return Some("redelivered while it was not live".into());
+    }
+    None
 }
 
 fn approval_problem(state: &State, batch: Uuid, step: &str, at: Millis) -> Option<String> {
@@ -251,6 +275,9 @@ pub fn describe(event: &Event) -> String {
                 fmt_time(*exp)
             )
         }
+        TokenRedelivered {
+            step, jti, agent, ..
+        } => format!("step `{step}`: token {jti} handed out again to {agent} (a retried request)"),
         TokenRevoked {
             step, jti, reason, ..
         } => format!("step `{step}`: token {jti} revoked ({})", reason.as_str()),

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::chain::Entry;
 use crate::engine::{DecisionReply, RunStartedReply, StepReply, TokenReply};
+use crate::request_id::RequestId;
 use crate::service::{BatchView, Handle, Introspection, RunView, ServiceError};
 use crate::token::Jwks;
 
@@ -32,6 +33,11 @@ pub enum Request {
         svid: String,
         /// Workflow document.
         workflow: String,
+        /// Idempotency key chosen by the requester (optional): a start
+        /// repeated with the same key answers the run the first one
+        /// started and starts nothing.
+        #[serde(default)]
+        request_id: Option<RequestId>,
     },
     /// Ask for a step's token.
     StepToken {

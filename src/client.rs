@@ -4,6 +4,10 @@
 //! "pending review", waits for the batch's decision event — it does not
 //! poll — then asks again. [`ReviewerClient`] lists and decides batches.
 //! Both carry the caller's JWT-SVID and send it with every request.
+//!
+//! Retrying after a timeout is safe: [`Client::start_run`] sends a request
+//! id, a repeated token request gets the step's live token again, and a
+//! repeated completion, failure or decision answers its first outcome.
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use uuid::Uuid;
 use crate::bus::{BusError, Request, Response, Transport};
 use crate::engine::{DecisionReply, RunStartedReply, StepReply, TokenReply};
 use crate::event::Event;
+use crate::request_id::RequestId;
 use crate::service::{BatchView, Introspection, RunView};
 use crate::token::Jwks;
 
@@ -185,15 +190,32 @@ impl<T: Transport> Client<T> {
         Self { transport }
     }
 
-    /// Starts a run of the workflow text as the holder of `svid`.
+    /// Starts a run of the workflow text as the holder of `svid`, with a
+    /// fresh request id (UUID v7). Use [`Client::start_run_keyed`] to be
+    /// able to retry a start whose answer was lost.
     pub async fn start_run(
         &self,
         svid: &str,
         workflow: &str,
     ) -> Result<RunStartedReply, ClientError> {
+        self.start_run_keyed(svid, workflow, &RequestId::fresh())
+            .await
+    }
+
+    /// Starts a run with the caller's own request id. Sending the same
+    /// workflow again with the same id (after a timeout, say) answers the
+    /// run the first request started and starts nothing new; the same id
+    /// with another workflow is a `conflict` error.
+    pub async fn start_run_keyed(
+        &self,
+        svid: &str,
+        workflow: &str,
+        request_id: &RequestId,
+    ) -> Result<RunStartedReply, ClientError> {
         let request = Request::StartRun {
             svid: svid.to_string(),
             workflow: workflow.to_string(),
+            request_id: Some(request_id.clone()),
         };
         expect_reply!(self.transport.call(request).await?, RunStarted, "start_run")
     }

@@ -13,5 +13,5 @@ pub use self::core::{
 };
 pub use self::state::{
     ApplyError, Batch, BatchStatus, Run, RunStatus, State, StepState, StepStatus, TokenRecord,
-    TokenStatus,
+    TokenStatus, Verdict,
 };

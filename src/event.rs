@@ -96,6 +96,11 @@ pub enum Event {
         deadline: Millis,
         /// Step-ups allowed before the run pauses.
         stepup_budget: u32,
+        /// The requester's idempotency key, when the request carried one;
+        /// a second start with the same key answers this run. Absent in
+        /// logs written before keys existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
     /// A step's dependencies completed; its agent may ask for a token.
     StepReady {
@@ -237,6 +242,22 @@ pub enum Event {
         /// The approving batch, for stepped-up tokens.
         approval: Option<Uuid>,
     },
+    /// A live token was handed out again to its own agent, who asked for
+    /// it with the same scopes (a retry after a lost reply). The token is
+    /// re-signed from its `token_issued` facts, byte for byte the same;
+    /// nothing else changes.
+    TokenRedelivered {
+        /// Run id.
+        run: Uuid,
+        /// Step id.
+        step: String,
+        /// Token id.
+        jti: Uuid,
+        /// The verified agent identity that asked again.
+        agent: String,
+        /// Digest of the identity document presented.
+        svid_digest: String,
+    },
     /// A token was revoked before it expired.
     TokenRevoked {
         /// Run id.
@@ -331,6 +352,7 @@ impl Event {
             | BatchWithdrawn { run, .. }
             | DecisionRefused { run, .. }
             | TokenIssued { run, .. }
+            | TokenRedelivered { run, .. }
             | TokenRevoked { run, .. }
             | TokenExpired { run, .. }
             | StepCompleted { run, .. }
@@ -359,6 +381,7 @@ impl Event {
             BatchWithdrawn { .. } => "batch_withdrawn",
             DecisionRefused { .. } => "decision_refused",
             TokenIssued { .. } => "token_issued",
+            TokenRedelivered { .. } => "token_redelivered",
             TokenRevoked { .. } => "token_revoked",
             TokenExpired { .. } => "token_expired",
             StepCompleted { .. } => "step_completed",
@@ -369,5 +392,77 @@ impl Event {
             RunFailed { .. } => "run_failed",
             RunCancelled { .. } => "run_cancelled",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `run_started` event as logs held it before request ids existed.
+    fn old_run_started() -> serde_json::Value {
+        serde_json::json!({
+            "type": "run_started",
+            "run": "0193a5b2-7c1e-7d3a-9f00-000000000001",
+            "requester": "spiffe://dev.stepgate.local/human/dana",
+            "workflow": "release-pipeline",
+            "workflow_digest": "sha256:00",
+            "workflow_json": "{}",
+            "policy_digest": "sha256:01",
+            "deadline": 1_796_402_700_000_i64,
+            "stepup_budget": 2
+        })
+    }
+
+    #[test]
+    fn an_old_run_started_without_request_id_still_decodes() {
+        // The log stores msgpack maps; audit entries are JSON.
+        let bytes = rmp_serde::to_vec_named(&old_run_started()).unwrap();
+        let from_log: Event = rmp_serde::from_slice(&bytes).unwrap();
+        let from_json: Event = serde_json::from_value(old_run_started()).unwrap();
+        assert_eq!(from_log, from_json);
+        match from_log {
+            Event::RunStarted {
+                request_id,
+                stepup_budget,
+                ..
+            } => {
+                assert_eq!(request_id, None);
+                assert_eq!(stepup_budget, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_run_started_without_a_key_is_written_in_the_old_shape() {
+        let event: Event = serde_json::from_value(old_run_started()).unwrap();
+        assert_eq!(serde_json::to_value(&event).unwrap(), old_run_started());
+        let keyed = match event {
+            Event::RunStarted {
+                run,
+                requester,
+                workflow,
+                workflow_digest,
+                workflow_json,
+                policy_digest,
+                deadline,
+                stepup_budget,
+                ..
+            } => Event::RunStarted {
+                run,
+                requester,
+                workflow,
+                workflow_digest,
+                workflow_json,
+                policy_digest,
+                deadline,
+                stepup_budget,
+                request_id: Some("retry-1".into()),
+            },
+            other => panic!("{other:?}"),
+        };
+        let bytes = rmp_serde::to_vec_named(&keyed).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Event>(&bytes).unwrap(), keyed);
     }
 }

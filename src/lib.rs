@@ -7,9 +7,9 @@
 //! one chain of the workflow graph are reviewed as one batch. Every state
 //! change is an event in a hash-chained sled log, replayed for audit.
 //!
-//! The decision core ([`workflow`], [`scope`], [`policy`], [`review`],
-//! [`plan`], [`event`], [`chain`], [`engine`]) does no I/O and reads no
-//! clock. Around it: [`store`] (sled), [`token`] and [`identity`]
+//! The decision core ([`workflow`], [`scope`], [`request_id`], [`policy`],
+//! [`review`], [`plan`], [`event`], [`chain`], [`engine`]) does no I/O and
+//! reads no clock. Around it: [`store`] (sled), [`token`] and [`identity`]
 //! (signatures), [`service`] (the task that owns the engine), [`bus`] and
 //! [`client`] (transports and clients), [`audit`], [`demo`] and [`cli`].
 //!
@@ -31,6 +31,7 @@ pub mod nats;
 pub mod plan;
 pub mod policy;
 pub mod remote;
+pub mod request_id;
 pub mod review;
 pub mod scope;
 pub mod serve;

@@ -10,7 +10,7 @@
 //!
 //! | subject | request | reply |
 //! |---|---|---|
-//! | `stepgate.v1.run.start` | `svid`, `workflow` | `run_started` |
+//! | `stepgate.v1.run.start` | `svid`, `workflow`, `request_id?` | `run_started` |
 //! | `stepgate.v1.run.status` | `run` | `run` |
 //! | `stepgate.v1.run.cancel` | `run`, `svid`, `reason` | `cancelled` |
 //! | `stepgate.v1.run.resume` | `run`, `svid`, `extra_budget` | `resumed` |
@@ -28,6 +28,24 @@
 //! A subject outside this table has no responder. `review.pending` lists
 //! the batches of every live engine (engines that do not answer are named
 //! in `unreachable`), and `jwks` holds the keys of every engine.
+//!
+//! A reply that reaches the client after its request timed out is dropped
+//! by the client, so the client cannot tell whether the engine acted.
+//! These requests are safe to send again, and the repeat appends at most
+//! one `token_redelivered` event:
+//!
+//! - `run.start` with the same `request_id` and workflow answers the run
+//!   the first request started (the same key with another workflow is a
+//!   `conflict` error); the library client always sends a key;
+//! - `step.token` by the step's agent with the same scopes, while the
+//!   step's token is live, answers that token again, byte for byte, and
+//!   logs `token_redelivered`;
+//! - `step.complete`, `step.fail` and `review.decide` repeated by the same
+//!   caller with the same outcome answer as the first time.
+//!
+//! Reads (`run.status`, `review.*`, `token.introspect`, `jwks`, `health`)
+//! change nothing. `run.cancel` and `run.resume` repeated answer a
+//! `conflict` error and change nothing.
 //!
 //! Committed events are published, as JSON, to JetStream stream
 //! [`EVENTS_STREAM`] on `stepgate.v1.events.<group>.<name>` (for example

@@ -13,6 +13,7 @@ use crate::client::{Client, ReviewerClient};
 use crate::engine::DecisionReply;
 use crate::identity::DevTrustDomain;
 use crate::nats::NatsTransport;
+use crate::request_id::RequestId;
 use crate::spiffe::SpiffeId;
 
 /// Where to reach the engine and who the caller is.
@@ -74,6 +75,11 @@ pub enum RunCommand {
     Start {
         /// Workflow file.
         file: PathBuf,
+        /// Idempotency key (1-128 of A-Z a-z 0-9 . _ : -); the same key
+        /// and workflow again answer the run it started. Default: a fresh
+        /// UUID v7 each time.
+        #[arg(long)]
+        request_id: Option<RequestId>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -185,13 +191,18 @@ fn remote_err(e: crate::client::ClientError) -> CliError {
 /// Runs `stepgate run ...`.
 pub async fn run_command(command: RunCommand) -> Result<(), CliError> {
     match command {
-        RunCommand::Start { file, remote } => {
+        RunCommand::Start {
+            file,
+            request_id,
+            remote,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| input(anyhow::anyhow!("{}: cannot read: {e}", file.display())))?;
             crate::workflow::Workflow::parse(&file.display().to_string(), &text).map_err(input)?;
             let client = Client::new(remote.transport().await?);
+            let request_id = request_id.unwrap_or_else(RequestId::fresh);
             let reply = client
-                .start_run(&remote.svid()?, &text)
+                .start_run_keyed(&remote.svid()?, &text, &request_id)
                 .await
                 .map_err(remote_err)?;
             print(&reply, remote.json)

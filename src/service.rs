@@ -79,7 +79,7 @@ impl ServiceError {
                 EngineError::UnknownBatch(_) => "unknown_batch",
                 EngineError::Identity(_) => "bad_identity",
                 EngineError::Forbidden(_) => "forbidden",
-                EngineError::Conflict(_) => "conflict",
+                EngineError::Conflict(_) | EngineError::RequestIdReused { .. } => "conflict",
                 EngineError::Inconsistent(_) => "internal",
             },
         }
@@ -569,11 +569,20 @@ impl Actor {
         };
         let engine = &mut self.engine;
         Ok(match request {
-            Request::StartRun { svid, workflow } => {
+            Request::StartRun {
+                svid,
+                workflow,
+                request_id,
+            } => {
                 let workflow = Workflow::parse("<request>", &workflow)
                     .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-                let reply = engine.start_run(&mut env, &svid, &workflow)?;
-                info!(run = %reply.run, workflow = %workflow.name, batches = reply.batches.len(), "run started");
+                let runs_before = engine.state().runs.len();
+                let reply = engine.start_run(&mut env, &svid, &workflow, request_id.as_ref())?;
+                if engine.state().runs.len() > runs_before {
+                    info!(run = %reply.run, workflow = %workflow.name, batches = reply.batches.len(), "run started");
+                } else {
+                    debug!(run = %reply.run, request_id = ?request_id, "start repeated; answered the run it started");
+                }
                 Response::RunStarted(reply)
             }
             Request::StepToken {

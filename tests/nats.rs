@@ -1,7 +1,8 @@
 //! The engine on a real nats-server that each test starts on a free
 //! loopback port with its own JetStream store: request-reply, bad payloads,
-//! a NATS restart while a batch is pending, and an engine killed with
-//! SIGKILL and restarted.
+//! a NATS restart while a batch is pending, an engine killed with SIGKILL
+//! and restarted, and an engine paused with SIGSTOP so that its replies
+//! reach the client only after the request timed out.
 
 #![allow(
     clippy::unwrap_used,
@@ -21,10 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use nats_server::NatsServer;
-use stepgate::bus::{Request, Response, Transport};
-use stepgate::client::{AgentClient, Client, ReviewerClient};
-use stepgate::engine::{DecisionReply, RejectKind, TokenReply};
+use stepgate::bus::{BusError, Request, Response, Transport};
+use stepgate::client::{AgentClient, Client, ClientError, ReviewerClient};
+use stepgate::engine::{DecisionReply, TokenReply};
 use stepgate::nats::NatsTransport;
+use stepgate::request_id::RequestId;
 
 /// `stepgate serve` as a child process; killed on drop.
 struct Engine {
@@ -68,6 +70,28 @@ impl Engine {
         self.child = Some(child);
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits (up to 10 s) for the process to exit; returns
+    /// its exit code.
+    fn sigterm(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        send_signal(child.id(), "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap(); // SIGKILL on Unix
@@ -79,6 +103,33 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.sigkill();
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A process stopped with SIGSTOP; SIGCONT when dropped, so a failing
+/// assertion never leaves it stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        send_signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
     }
 }
 
@@ -227,6 +278,10 @@ async fn malformed_oversize_and_mistyped_payloads_get_errors_and_leave_the_log_a
         },
         {
             let (h, b) = json(r#"{"svid": "x", "workflow": "version: 1\nname: x\nsteps: []\n"}"#);
+            ("stepgate.v1.run.start", h, b, "bad_request")
+        },
+        {
+            let (h, b) = json(r#"{"svid": "x", "workflow": "version: 1", "request_id": "try 2"}"#);
             ("stepgate.v1.run.start", h, b, "bad_request")
         },
         {
@@ -398,21 +453,20 @@ async fn an_engine_killed_mid_run_rebuilds_its_state_and_issues_nothing_twice() 
     let status = client.introspect(&token).await.unwrap();
     assert!(status.active);
     assert_eq!(status.jti, Some(jti.to_string()));
-    // Not issued twice: the step still holds its live token.
+    // Not issued twice: asking again after the restart hands out the same
+    // token, rebuilt from the replayed log.
     let again = ci
         .request_token(run, "unit-tests", &["ci:tests:run".into()], None)
         .await
         .unwrap();
-    assert!(
-        matches!(
-            again,
-            TokenReply::Rejected {
-                kind: RejectKind::TokenLive,
-                ..
-            }
-        ),
-        "{again:?}"
-    );
+    match again {
+        TokenReply::Issued {
+            token: again,
+            jti: again_jti,
+            ..
+        } => assert_eq!((again, again_jti), (token, jti)),
+        other => panic!("{other:?}"),
+    }
     let reviewer = ReviewerClient::new(t.clone(), dev_svid(&dev, RILEY));
     assert_eq!(
         reviewer.pending().await.unwrap().batches.len(),
@@ -438,22 +492,7 @@ async fn sigterm_stops_the_engine_cleanly_and_a_restart_resumes_the_run() {
         .run;
     let before = client.run(run).await.unwrap();
 
-    let mut child = engine.child.take().unwrap();
-    let pid = child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the engine did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code.code(), Some(0));
+    assert_eq!(engine.sigterm(), Some(0));
 
     engine.spawn();
     ready(&t).await;
@@ -489,4 +528,245 @@ fn the_demo_drives_the_release_pipeline_over_nats() {
         "{stdout}"
     );
     assert!(stdout.contains("review  batch APPROVED"), "{stdout}");
+}
+
+/// Waits until the engine's log holds `expected` events, then checks that
+/// it holds exactly that many.
+async fn settle(t: &NatsTransport, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = ready(t).await;
+        if events >= expected || Instant::now() > deadline {
+            assert_eq!(events, expected, "events in the log");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first message seen on `_INBOX.>` that decodes to a reply `want`
+/// accepts: a reply that went to an inbox, whoever was listening there.
+async fn overheard(
+    snoop: &mut async_nats::Subscriber,
+    want: impl Fn(&Response) -> bool,
+) -> Response {
+    use futures::StreamExt;
+    let find = async {
+        while let Some(message) = snoop.next().await {
+            let decoded = stepgate::nats::decode_response(&message.payload, false)
+                .or_else(|_| stepgate::nats::decode_response(&message.payload, true));
+            if let Ok(response) = decoded {
+                if want(&response) {
+                    return response;
+                }
+            }
+        }
+        panic!("the inbox subscription ended")
+    };
+    tokio::time::timeout(Duration::from_secs(20), find)
+        .await
+        .expect("the late reply was sent")
+}
+
+fn timed_out<T: std::fmt::Debug>(result: &Result<T, ClientError>) -> bool {
+    matches!(result, Err(ClientError::Bus(BusError::Transport(m))) if m.contains("timed out"))
+}
+
+/// `stepgate audit timeline --json` of a data directory, one value per event.
+fn audit_timeline(data: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["audit", "timeline", "--json", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_arrives_after_its_request_timed_out_changes_nothing() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, data) = (dir.path().join("dev"), dir.path().join("data"));
+    dev_init(&dev);
+    let mut engine = Engine::start(&nats.url(), &data, &dev);
+    let patient = connect(&nats.url()).await;
+    let base = ready(&patient).await;
+    // The client under test gives up after one second.
+    let impatient = NatsTransport::connect(&nats.url(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let dana = dev_svid(&dev, DANA);
+    let key = RequestId::parse("release-2026-12-04.try-1").unwrap();
+    let starter = Client::new(impatient.clone());
+    // Overhear every reply, to see the late ones go to dead inboxes.
+    let mut snoop = patient.client().subscribe("_INBOX.>").await.unwrap();
+    patient.client().flush().await.unwrap();
+
+    // run.start while the engine is stopped: the client times out; the
+    // engine, resumed, starts the run and answers a dead inbox.
+    let lost = {
+        let _stopped = Stopped::new(engine.pid());
+        starter.start_run_keyed(&dana, &release_text(), &key).await
+    };
+    assert!(timed_out(&lost), "{lost:?}");
+    // run_started, batch_opened, step_ready.
+    settle(&patient, base + 3).await;
+    let late_start = overheard(&mut snoop, |r| matches!(r, Response::RunStarted(_))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // it reached the client too
+
+    // The client's next, unrelated request gets its own answer.
+    match impatient.call(Request::Health {}).await.unwrap() {
+        Response::Health { events, .. } => assert_eq!(events, base + 3),
+        other => panic!("a stale reply was taken for health's answer: {other:?}"),
+    }
+    // The retry answers the run the lost request started; nothing is added.
+    let started = starter
+        .start_run_keyed(&dana, &release_text(), &key)
+        .await
+        .unwrap();
+    let view = Client::new(patient.clone()).run(started.run).await.unwrap();
+    assert_eq!(started.batches, view.batches);
+    assert_eq!(started.batches.len(), 1);
+    assert_eq!(started.ready, vec!["unit-tests".to_string()]);
+    settle(&patient, base + 3).await;
+    assert_eq!(late_start, Response::RunStarted(started.clone()));
+    let run = started.run;
+
+    // step.token, lost the same way.
+    let ci = AgentClient::new(impatient.clone(), dev_svid(&dev, CI));
+    let scopes = ["ci:tests:run".to_string()];
+    let lost = {
+        let _stopped = Stopped::new(engine.pid());
+        ci.request_token(run, "unit-tests", &scopes, None).await
+    };
+    assert!(timed_out(&lost), "{lost:?}");
+    // token_requested, decided, token_issued.
+    settle(&patient, base + 6).await;
+    let late_token = overheard(&mut snoop, |r| matches!(r, Response::Token(_))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let jwks = Client::new(impatient.clone()).jwks().await.unwrap();
+    assert_eq!(
+        jwks.keys.len(),
+        1,
+        "the next request got the jwks, not a token"
+    );
+
+    // The retry gets the token that was issued, and a redelivery is logged.
+    let TokenReply::Issued { token, jti, .. } = ci
+        .request_token(run, "unit-tests", &scopes, None)
+        .await
+        .unwrap()
+    else {
+        panic!("the retry got no token")
+    };
+    settle(&patient, base + 7).await;
+    let Response::Token(TokenReply::Issued {
+        token: lost_token,
+        jti: lost_jti,
+        ..
+    }) = late_token
+    else {
+        panic!("the late reply carried no token: {late_token:?}")
+    };
+    assert_eq!(token.as_bytes(), lost_token.as_bytes(), "byte for byte");
+    assert_eq!(jti, lost_jti);
+    let status = Client::new(patient.clone())
+        .introspect(&token)
+        .await
+        .unwrap();
+    assert!(status.active);
+    assert_eq!(status.jti, Some(jti.to_string()));
+
+    // The log, read offline after a clean stop.
+    assert_eq!(engine.sigterm(), Some(0));
+    let timeline = audit_timeline(&data);
+    assert_eq!(timeline.len() as u64, base + 7);
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        timeline
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .map(|l| &l["event"])
+            .collect()
+    };
+    let runs = of("run_started");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["run"], run.to_string());
+    assert_eq!(runs[0]["request_id"], key.as_str());
+    let issued = of("token_issued");
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0]["step"], "unit-tests");
+    assert_eq!(issued[0]["jti"], jti.to_string());
+    // Byte for byte the token that was issued and never seen.
+    assert_eq!(issued[0]["digest"], stepgate::policy::sha256_text(&token));
+    let redelivered = of("token_redelivered");
+    assert_eq!(redelivered.len(), 1);
+    assert_eq!(redelivered[0]["jti"], jti.to_string());
+    assert_eq!(redelivered[0]["agent"], CI);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["audit", "verify", "--json", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["ok"], true);
+    assert_eq!(verified["report"]["findings"], serde_json::json!([]));
+    assert_eq!(verified["report"]["tokens"], 1);
+    assert_eq!(verified["report"]["runs"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_start_repeated_with_a_request_id_from_the_cli_starts_one_run() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let _engine = Engine::start(&nats.url(), &dir.path().join("data"), &dev);
+    let t = connect(&nats.url()).await;
+    let base = ready(&t).await;
+    let svid_file = dir.path().join("dana.svid");
+    std::fs::write(&svid_file, dev_svid(&dev, DANA)).unwrap();
+    let run_start = |request_id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .args(["run", "start", "--json", "--request-id", request_id])
+            .arg(example("release").join("workflow.yaml"))
+            .args(["--nats", &nats.url(), "--svid-file"])
+            .arg(&svid_file)
+            .output()
+            .unwrap()
+    };
+
+    let runs: Vec<serde_json::Value> = (0..2)
+        .map(|_| {
+            let out = run_start("nightly-2026-12-04");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+    // run_started, batch_opened, step_ready: once.
+    assert_eq!(ready(&t).await, base + 3);
+
+    let bad = run_start("nightly 2026");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("`request_id` contains ' ' at position 7"),
+        "{stderr}"
+    );
+    assert_eq!(ready(&t).await, base + 3);
 }

@@ -28,6 +28,7 @@ use stepgate::engine::{
 };
 use stepgate::event::{BatchItem, Event, RevokeReason};
 use stepgate::policy::Outcome;
+use stepgate::request_id::RequestId;
 use stepgate::service::{BatchView, Introspection, RunView, StepView};
 use stepgate::token::{Jwks, KeyPair};
 use stepgate::workflow::Risk;
@@ -152,6 +153,15 @@ fn requests() -> Vec<(&'static str, Request)> {
             Request::StartRun {
                 svid: SVID.into(),
                 workflow: "version: 1\nname: x\n".into(),
+                request_id: None,
+            },
+        ),
+        (
+            "start_run",
+            Request::StartRun {
+                svid: SVID.into(),
+                workflow: "version: 1\nname: x\n".into(),
+                request_id: Some(RequestId::parse("release-2026-12-04.try-1").unwrap()),
             },
         ),
         ("run_status", Request::RunStatus { run: id(1) }),
@@ -479,6 +489,18 @@ fn events() -> Vec<Event> {
             policy_digest: DIGEST.into(),
             deadline: 1_796_402_700_000,
             stepup_budget: 2,
+            request_id: None,
+        },
+        Event::RunStarted {
+            run: id(5),
+            requester: "spiffe://dev.stepgate.local/human/dana".into(),
+            workflow: "release-pipeline".into(),
+            workflow_digest: DIGEST.into(),
+            workflow_json: "{}".into(),
+            policy_digest: DIGEST.into(),
+            deadline: 1_796_402_700_000,
+            stepup_budget: 2,
+            request_id: Some("release-2026-12-04:1".into()),
         },
         Event::StepReady {
             run,
@@ -566,6 +588,13 @@ fn events() -> Vec<Event> {
             iat: 1_796_400_000_000,
             exp: 1_796_401_800_000,
             approval: Some(batch),
+        },
+        Event::TokenRedelivered {
+            run,
+            step: "deploy-production".into(),
+            jti,
+            agent: DEPLOYER.into(),
+            svid_digest: DIGEST.into(),
         },
         Event::TokenRevoked {
             run,
@@ -707,7 +736,7 @@ fn token_and_decision_replies_are_flat() {
 fn every_event_entry_fits_the_entry_schema() {
     let all = events();
     let kinds: BTreeSet<&str> = all.iter().map(Event::kind).collect();
-    assert_eq!(kinds.len(), 21, "one of every event type");
+    assert_eq!(kinds.len(), 22, "one of every event type");
     for (seq, event) in all.into_iter().enumerate() {
         let value = serde_json::to_value(entry(seq as u64, event)).unwrap();
         assert_valid("entry.schema.json", &value);
@@ -764,6 +793,19 @@ fn invalid_samples_are_refused_where_they_go_wrong() {
         pairs(&[("", "/required"), ("/run", "/properties/run/$ref/pattern"),])
     );
     assert!(decode("step_token", bad_run).is_err());
+
+    // A request id with a space: the schema refuses it, and the engine
+    // answers an error naming the field.
+    let bad_key = json!({"svid": SVID, "workflow": "version: 1", "request_id": "try 2"});
+    assert_eq!(
+        failures("request.start_run.schema.json", &bad_key),
+        pairs(&[("/request_id", "/properties/request_id/anyOf")])
+    );
+    let refused = decode("start_run", bad_key).unwrap_err();
+    assert!(
+        refused.contains("`request_id` contains ' ' at position 3"),
+        "{refused}"
+    );
 
     // `summary` may be left out but not sent as null.
     let null_summary = json!({"run": id(1), "step": "s", "svid": SVID, "summary": null});

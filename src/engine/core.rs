@@ -10,16 +10,19 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::state::{ApplyError, BatchStatus, RunStatus, State, StepStatus, TokenStatus};
+use super::state::{
+    ApplyError, Batch, BatchStatus, Run, RunStatus, State, StepStatus, TokenRecord, TokenStatus,
+};
 use crate::event::{Event, Millis, RevokeReason};
 use crate::identity::{verify_svid, IdentityError, TrustBundle};
 use crate::plan::preview;
 use crate::policy::{sha256_text, Facts, Outcome, PolicySet};
+use crate::request_id::RequestId;
 use crate::review::{binding_digest, item_for, Reviewers};
 use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
 use crate::token::{KeyPair, StepClaims, TokenError};
-use crate::workflow::Workflow;
+use crate::workflow::{Step, Workflow};
 
 /// Engine settings. Defaults are deliberately short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,14 @@ pub enum EngineError {
     /// The request does not fit the run's state.
     #[error("{0}")]
     Conflict(String),
+    /// A request id already started a run of another workflow.
+    #[error("request id `{request_id}` already started run {run} of another workflow; nothing was started")]
+    RequestIdReused {
+        /// The key.
+        request_id: String,
+        /// The run it started.
+        run: Uuid,
+    },
     /// The engine's own state is inconsistent; a bug or a damaged log.
     #[error("inconsistent state: {0}")]
     Inconsistent(#[from] ApplyError),
@@ -231,14 +242,16 @@ impl RefuseKind {
     }
 }
 
-/// A new run.
+/// A new run. A start repeated with the same request id answers the
+/// run it started, with its batches and ready steps as they are at the
+/// time of the repeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStartedReply {
     /// Run id.
     pub run: Uuid,
-    /// Batches opened, in order.
+    /// Batches of the run, in opening order.
     pub batches: Vec<Uuid>,
-    /// Steps ready now.
+    /// Steps ready now, in topological order.
     pub ready: Vec<String>,
 }
 
@@ -416,14 +429,60 @@ impl Engine {
 
     /// Starts a run of `workflow` for the holder of `svid`, opening the
     /// review batches the plan calls for.
+    ///
+    /// With a `request_id` the start is idempotent per requester: when the
+    /// same requester already started a run with that key, nothing is
+    /// appended and the answer names that run (its batches and ready steps
+    /// as they are now). The same key with another workflow is
+    /// [`EngineError::RequestIdReused`].
     pub fn start_run(
         &mut self,
         env: &mut Env<'_>,
         svid: &str,
         workflow: &Workflow,
+        request_id: Option<&RequestId>,
     ) -> Result<RunStartedReply, EngineError> {
         let requester =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
+        if let Some(key) = request_id {
+            if let Some(reply) = self.started_before(&requester, key, workflow)? {
+                return Ok(reply);
+            }
+        }
+        self.open_run(env, &requester, workflow, request_id)
+    }
+
+    /// The answer to a start `requester` already made with `key`, if any.
+    fn started_before(
+        &self,
+        requester: &SpiffeId,
+        key: &RequestId,
+        workflow: &Workflow,
+    ) -> Result<Option<RunStartedReply>, EngineError> {
+        let Some(run) = self.state.run_by_request(requester.as_str(), key.as_str()) else {
+            return Ok(None);
+        };
+        if run.workflow.digest() != workflow.digest() {
+            return Err(EngineError::RequestIdReused {
+                request_id: key.to_string(),
+                run: run.id,
+            });
+        }
+        Ok(Some(RunStartedReply {
+            run: run.id,
+            batches: run.batches.clone(),
+            ready: ready_steps(run),
+        }))
+    }
+
+    /// Records a new run, its batches and its first ready steps.
+    fn open_run(
+        &mut self,
+        env: &mut Env<'_>,
+        requester: &SpiffeId,
+        workflow: &Workflow,
+        request_id: Option<&RequestId>,
+    ) -> Result<RunStartedReply, EngineError> {
         let now = env.now;
         let run = env.ids.next_id(now);
         let deadline_ms = i64::try_from(workflow.deadline_secs).unwrap_or(i64::MAX / 2_000) * 1000;
@@ -438,6 +497,7 @@ impl Engine {
                 policy_digest: env.policy.digest().to_string(),
                 deadline: now.saturating_add(deadline_ms),
                 stepup_budget: workflow.stepup_budget,
+                request_id: request_id.map(ToString::to_string),
             },
         )?;
 
@@ -518,6 +578,13 @@ impl Engine {
             }
         };
         if let Some((kind, reason)) = self.precheck(req, &agent, step) {
+            // Every other precheck passed: the step's own agent asks for a
+            // step that holds a live token. A retry gets the same token.
+            if kind == RejectKind::TokenLive {
+                if let Some(reply) = self.redeliver(env, req, &agent, &svid_digest)? {
+                    return Ok(reply);
+                }
+            }
             return self.reject(now, req, Some(&agent), &svid_digest, kind, reason);
         }
 
@@ -573,6 +640,62 @@ impl Engine {
                 self.step_up(env, req, &agent, &group, &decision.policy_ids)
             }
         }
+    }
+
+    /// Hands the step's live token out again when `agent` asks with
+    /// exactly the scopes it carries.
+    ///
+    /// The token itself is never stored: it is re-signed from its
+    /// `token_issued` facts (Ed25519 signatures are deterministic) and
+    /// returned only when the result matches the recorded digest under the
+    /// same key id. `None` means the request stays a `token_live` reject:
+    /// other scopes, a lapsed token, a changed issuer or a new key.
+    fn redeliver(
+        &mut self,
+        env: &Env<'_>,
+        req: &TokenRequest<'_>,
+        agent: &SpiffeId,
+        svid_digest: &str,
+    ) -> Result<Option<TokenReply>, EngineError> {
+        let Some(record) = self.live_token(req.run, req.step, env.now).cloned() else {
+            return Ok(None);
+        };
+        let same_holder = record.sub == agent.as_str() && record.scopes == req.scopes.to_strings();
+        if !same_holder || record.kid != env.minter.kid() {
+            return Ok(None);
+        }
+        let workflow = self.run(req.run)?.workflow.clone();
+        let step = step_of(&workflow, req.run, req.step)?;
+        let claims = Grant::of_record(&record, &workflow, step).claims(&env.config.issuer);
+        let Ok(token) = env.minter.mint(&claims) else {
+            return Ok(None);
+        };
+        if sha256_text(&token) != record.digest {
+            return Ok(None);
+        }
+        self.emit(
+            env.now,
+            Event::TokenRedelivered {
+                run: req.run,
+                step: record.step.clone(),
+                jti: record.jti,
+                agent: agent.to_string(),
+                svid_digest: svid_digest.to_string(),
+            },
+        )?;
+        Ok(Some(TokenReply::Issued {
+            token,
+            jti: record.jti,
+            exp: record.exp,
+            scopes: record.scopes,
+            approval: record.approval,
+        }))
+    }
+
+    /// The step's token, when it is live at `now`.
+    fn live_token(&self, run: Uuid, step: &str, now: Millis) -> Option<&TokenRecord> {
+        let jti = self.state.runs.get(&run)?.steps.get(step)?.live_token?;
+        self.state.tokens.get(&jti).filter(|t| t.is_live_at(now))
     }
 
     /// Checks that need no policy: agent, scopes, intent, step and run state.
@@ -661,7 +784,10 @@ impl Engine {
             {
                 return Some((
                     RejectKind::TokenLive,
-                    format!("step `{}` already holds live token {jti}", step.id),
+                    format!(
+                        "step `{}` already holds live token {jti}; only a request with its scopes gets it again",
+                        step.id
+                    ),
                 ));
             }
         }
@@ -810,24 +936,20 @@ impl Engine {
             });
         }
         let jti = env.ids.next_id(now);
-        let claims = StepClaims {
-            iss: env.config.issuer.clone(),
-            sub: agent.to_string(),
-            aud: step.resource.clone(),
-            scope: req.scopes.to_claim(),
-            exp: exp_s,
-            iat: iat_s,
-            nbf: iat_s,
-            jti: jti.to_string(),
-            run: req.run.to_string(),
-            step: step.id.clone(),
-            wf: workflow.digest().to_string(),
-            intent: sha256_text(&step.intent),
-            approval: approval.map(|b| b.to_string()),
-            act: None,
-            cnf: None,
+        let scopes = req.scopes.to_strings();
+        let grant = Grant {
+            run: req.run,
+            workflow: &workflow,
+            step,
+            jti,
+            sub: agent.as_str(),
+            aud: &step.resource,
+            scopes: &scopes,
+            iat_s,
+            exp_s,
+            approval,
         };
-        let token = match env.minter.mint(&claims) {
+        let token = match env.minter.mint(&grant.claims(&env.config.issuer)) {
             Ok(t) => t,
             Err(e) => {
                 return Ok(TokenReply::Denied {
@@ -846,7 +968,7 @@ impl Engine {
                 kid: env.minter.kid().to_string(),
                 sub: agent.to_string(),
                 aud: step.resource.clone(),
-                scopes: req.scopes.to_strings(),
+                scopes: scopes.clone(),
                 iat: iat_s * 1000,
                 exp: exp_s * 1000,
                 approval,
@@ -856,12 +978,18 @@ impl Engine {
             token,
             jti,
             exp: exp_s * 1000,
-            scopes: req.scopes.to_strings(),
+            scopes,
             approval,
         })
     }
 
     /// Records a reviewer's decision on a batch.
+    ///
+    /// A decision the same reviewer already made on the batch, with the
+    /// same verdict and binding, is answered as it was the first time
+    /// (`applied`, the same `valid_until`) and appends nothing; the first
+    /// comment stays on record. Any other decision on a decided batch is
+    /// refused as `already_decided`.
     pub fn decide_batch(
         &mut self,
         env: &mut Env<'_>,
@@ -886,6 +1014,9 @@ impl Engine {
                 )
             }
         };
+        if let Some(reply) = decided_before(&batch, &reviewer, d) {
+            return Ok(reply);
+        }
         let run = self.run(batch.run)?;
         let check = if batch.status != BatchStatus::Pending {
             let status = serde_json::to_value(&batch.status).ok();
@@ -952,7 +1083,7 @@ impl Engine {
     fn refuse(
         &mut self,
         now: Millis,
-        batch: &super::state::Batch,
+        batch: &Batch,
         reviewer: Option<&SpiffeId>,
         kind: RefuseKind,
         reason: String,
@@ -972,6 +1103,11 @@ impl Engine {
 
     /// The step's agent reports it done: its token is revoked and the
     /// steps that waited on it become ready.
+    ///
+    /// Repeated by the step's agent after the step completed, it appends
+    /// nothing and answers again: the step's revoked token, the steps that
+    /// depend on it and are ready now, and the run's status now. The first
+    /// summary stays on record.
     pub fn complete_step(
         &mut self,
         env: &mut Env<'_>,
@@ -981,7 +1117,9 @@ impl Engine {
         summary: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid, true)?;
+        if let Some(reply) = self.check_step_owner(env, run, step, svid, StepStatus::Completed)? {
+            return Ok(reply);
+        }
         let revoked = self.revoke_step(now, run, step, RevokeReason::StepCompleted)?;
         self.emit(
             now,
@@ -1032,6 +1170,10 @@ impl Engine {
 
     /// The step's agent reports it failed: the run fails and every live
     /// token of it is revoked.
+    ///
+    /// Repeated by the step's agent after the step failed, it appends
+    /// nothing and answers the tokens the failure revoked and the run's
+    /// status. The first reason stays on record.
     pub fn fail_step(
         &mut self,
         env: &mut Env<'_>,
@@ -1041,7 +1183,9 @@ impl Engine {
         reason: &str,
     ) -> Result<StepReply, EngineError> {
         let now = env.now;
-        self.check_step_owner(env, run, step, svid, false)?;
+        if let Some(reply) = self.check_step_owner(env, run, step, svid, StepStatus::Failed)? {
+            return Ok(reply);
+        }
         let mut revoked = self.revoke_step(now, run, step, RevokeReason::StepFailed)?;
         self.emit(
             now,
@@ -1067,14 +1211,17 @@ impl Engine {
         })
     }
 
+    /// Checks that the holder of `svid` may end `step` with `outcome`
+    /// (`Completed` or `Failed`). `Some` is the answer to a repeat: the
+    /// step already ended that way.
     fn check_step_owner(
         &self,
         env: &Env<'_>,
         run: Uuid,
         step: &str,
         svid: &str,
-        needs_token: bool,
-    ) -> Result<(), EngineError> {
+        outcome: StepStatus,
+    ) -> Result<Option<StepReply>, EngineError> {
         let agent =
             verify_svid(svid, env.trust, &env.config.svid_audience, env.now / 1000)?.spiffe_id;
         let r = self.run(run)?;
@@ -1085,13 +1232,16 @@ impl Engine {
                 declared.agent
             )));
         }
-        if r.status.is_final() {
-            return Err(EngineError::Conflict(format!("run {run} has ended")));
-        }
         let state = r.steps.get(step).ok_or_else(|| EngineError::UnknownStep {
             run,
             step: step.to_string(),
         })?;
+        if state.status == outcome {
+            return Ok(Some(self.ended_before(r, step, outcome)));
+        }
+        if r.status.is_final() {
+            return Err(EngineError::Conflict(format!("run {run} has ended")));
+        }
         if state.status != StepStatus::Ready {
             return Err(EngineError::Conflict(format!(
                 "step `{step}` is not in progress"
@@ -1099,12 +1249,61 @@ impl Engine {
         }
         // Completing needs a token (the work was authorized); failing does not:
         // a denied step fails without one.
-        if needs_token && state.tokens.is_empty() {
+        if outcome == StepStatus::Completed && state.tokens.is_empty() {
             return Err(EngineError::Conflict(format!(
                 "step `{step}` never received a token"
             )));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The answer to a completion or failure of `step` repeated after the
+    /// step ended with `outcome`, rebuilt from the state.
+    fn ended_before(&self, r: &Run, step: &str, outcome: StepStatus) -> StepReply {
+        if outcome == StepStatus::Failed {
+            // The failed step's tokens first, then the rest of the run's,
+            // as the failure revoked them.
+            let others = r.steps.keys().filter(|s| s.as_str() != step);
+            let order = std::iter::once(step).chain(others.map(String::as_str));
+            return StepReply {
+                ready: vec![],
+                run_status: r.status,
+                revoked: self.revoked_in(r, order, RevokeReason::StepFailed),
+            };
+        }
+        let ready = ready_steps(r)
+            .into_iter()
+            .filter(|id| {
+                r.workflow
+                    .step(id)
+                    .is_some_and(|s| s.depends_on.iter().any(|d| d == step))
+            })
+            .collect();
+        StepReply {
+            ready,
+            run_status: r.status,
+            revoked: self.revoked_in(r, [step], RevokeReason::StepCompleted),
+        }
+    }
+
+    /// Tokens of `steps` of `r` revoked for `reason`, step by step in
+    /// issue order.
+    fn revoked_in<'s>(
+        &self,
+        r: &Run,
+        steps: impl IntoIterator<Item = &'s str>,
+        reason: RevokeReason,
+    ) -> Vec<Uuid> {
+        let revoked_for = |jti: &&Uuid| {
+            self.state.tokens.get(*jti).is_some_and(
+                |t| matches!(t.status, TokenStatus::Revoked { reason: why, .. } if why == reason),
+            )
+        };
+        steps
+            .into_iter()
+            .filter_map(|s| r.steps.get(s))
+            .flat_map(|s| s.tokens.iter().filter(revoked_for).copied())
+            .collect()
     }
 
     /// Cancels a run: revokes every live token and closes its batches.
@@ -1308,5 +1507,93 @@ fn step_of<'w>(
     workflow.step(step).ok_or_else(|| EngineError::UnknownStep {
         run,
         step: step.to_string(),
+    })
+}
+
+/// The steps of `run` that are ready now, in topological order.
+fn ready_steps(run: &Run) -> Vec<String> {
+    run.workflow
+        .topo_order()
+        .filter(|s| {
+            run.steps
+                .get(&s.id)
+                .is_some_and(|st| st.status == StepStatus::Ready)
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// Everything a step token says, before it is signed. Issuing builds it
+/// from the request; redelivery rebuilds it from the `token_issued` facts,
+/// so both paths sign exactly the same claims.
+struct Grant<'a> {
+    run: Uuid,
+    workflow: &'a Workflow,
+    step: &'a Step,
+    jti: Uuid,
+    sub: &'a str,
+    aud: &'a str,
+    /// Sorted, as [`ScopeSet::to_strings`] gives them.
+    scopes: &'a [String],
+    iat_s: i64,
+    exp_s: i64,
+    approval: Option<Uuid>,
+}
+
+impl<'a> Grant<'a> {
+    /// The grant a recorded token was signed from. The record holds times
+    /// in ms, always whole seconds.
+    fn of_record(record: &'a TokenRecord, workflow: &'a Workflow, step: &'a Step) -> Self {
+        Self {
+            run: record.run,
+            workflow,
+            step,
+            jti: record.jti,
+            sub: &record.sub,
+            aud: &record.aud,
+            scopes: &record.scopes,
+            iat_s: record.iat / 1000,
+            exp_s: record.exp / 1000,
+            approval: record.approval,
+        }
+    }
+
+    /// The JWT claims, with `iss` from the engine's settings.
+    fn claims(&self, issuer: &str) -> StepClaims {
+        StepClaims {
+            iss: issuer.to_string(),
+            sub: self.sub.to_string(),
+            aud: self.aud.to_string(),
+            scope: self.scopes.join(" "),
+            exp: self.exp_s,
+            iat: self.iat_s,
+            nbf: self.iat_s,
+            jti: self.jti.to_string(),
+            run: self.run.to_string(),
+            step: self.step.id.clone(),
+            wf: self.workflow.digest().to_string(),
+            intent: sha256_text(&self.step.intent),
+            approval: self.approval.map(|b| b.to_string()),
+            act: None,
+            cnf: None,
+        }
+    }
+}
+
+/// The first answer to a decision `reviewer` already made on `batch` with
+/// the same verdict and binding, if that is what `d` repeats.
+fn decided_before(
+    batch: &Batch,
+    reviewer: &SpiffeId,
+    d: &ReviewDecision<'_>,
+) -> Option<DecisionReply> {
+    let verdict = batch.verdict.as_ref()?;
+    let same = verdict.reviewer == reviewer.as_str()
+        && verdict.approved == d.approve
+        && d.binding == batch.binding;
+    same.then_some(DecisionReply::Applied {
+        batch: batch.id,
+        approved: verdict.approved,
+        valid_until: verdict.valid_until,
     })
 }

@@ -144,6 +144,20 @@ pub struct Batch {
     pub expires_at: Millis,
     /// Status.
     pub status: BatchStatus,
+    /// The decision, once one was recorded; a retried decision is
+    /// answered from it.
+    pub verdict: Option<Verdict>,
+}
+
+/// A batch's recorded decision, as its `batch_decided` event says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The reviewer.
+    pub reviewer: String,
+    /// True for approve.
+    pub approved: bool,
+    /// Until when the approval may be used (also set on a denial).
+    pub valid_until: Millis,
 }
 
 /// Where a token stands.
@@ -242,6 +256,18 @@ pub enum ApplyError {
     /// A run id was started twice.
     #[error("run {0} started twice")]
     DuplicateRun(Uuid),
+    /// One requester used one request id for two runs.
+    #[error("run {run}: request id `{request_id}` of `{requester}` already started run {first}")]
+    DuplicateRequest {
+        /// The second run.
+        run: Uuid,
+        /// The run the key started first.
+        first: Uuid,
+        /// Who started both.
+        requester: String,
+        /// The key.
+        request_id: String,
+    },
 }
 
 /// Everything the engine knows: runs, batches, tokens, keys.
@@ -257,6 +283,8 @@ pub struct State {
     pub kids: Vec<String>,
     /// Token ids by token digest, for introspection.
     pub by_digest: BTreeMap<String, Uuid>,
+    /// Runs by (requester, request id), for idempotent starts.
+    pub runs_by_request: BTreeMap<(String, String), Uuid>,
 }
 
 impl State {
@@ -289,6 +317,7 @@ impl State {
                     opened_at: at,
                     expires_at: *expires_at,
                     status: BatchStatus::Pending,
+                    verdict: None,
                 };
                 let r = self.run_mut(kind, run)?;
                 r.batches.push(*batch);
@@ -307,6 +336,11 @@ impl State {
                 ..
             } => {
                 let b = self.batch_mut(kind, batch)?;
+                b.verdict = Some(Verdict {
+                    reviewer: reviewer.clone(),
+                    approved: *approved,
+                    valid_until: *valid_until,
+                });
                 b.status = if *approved {
                     BatchStatus::Approved {
                         by: reviewer.clone(),
@@ -358,6 +392,10 @@ impl State {
                 self.tokens.insert(*jti, record);
                 self.by_digest.insert(digest.clone(), *jti);
             }
+            TokenRedelivered { jti, .. } => {
+                // Nothing changes; the token must be one the log issued.
+                self.token_mut(kind, jti)?;
+            }
             TokenRevoked {
                 run,
                 step,
@@ -404,6 +442,7 @@ impl State {
             policy_digest,
             deadline,
             stepup_budget,
+            request_id,
             ..
         } = event
         else {
@@ -411,6 +450,15 @@ impl State {
         };
         if self.runs.contains_key(run) {
             return Err(ApplyError::DuplicateRun(*run));
+        }
+        let key = request_id.as_ref().map(|k| (requester.clone(), k.clone()));
+        if let Some(first) = key.as_ref().and_then(|k| self.runs_by_request.get(k)) {
+            return Err(ApplyError::DuplicateRequest {
+                run: *run,
+                first: *first,
+                requester: requester.clone(),
+                request_id: request_id.clone().unwrap_or_default(),
+            });
         }
         let parsed = Workflow::parse("<stored workflow>", workflow_json).map_err(|e| {
             ApplyError::Workflow {
@@ -448,7 +496,18 @@ impl State {
             batches: vec![],
         };
         self.runs.insert(*run, record);
+        if let Some(key) = key {
+            self.runs_by_request.insert(key, *run);
+        }
         Ok(())
+    }
+
+    /// The run `requester` started with `request_id`, if any.
+    pub fn run_by_request(&self, requester: &str, request_id: &str) -> Option<&Run> {
+        let key = (requester.to_string(), request_id.to_string());
+        self.runs_by_request
+            .get(&key)
+            .and_then(|run| self.runs.get(run))
     }
 
     fn decided(

@@ -127,7 +127,7 @@ pub fn start(engine: &mut Engine, world: &mut World) -> stepgate::engine::RunSta
     let svid = world.svid(DANA);
     let wf = world.workflow.clone();
     let reply = engine
-        .start_run(&mut world.env(), &svid, &wf)
+        .start_run(&mut world.env(), &svid, &wf, None)
         .expect("run starts");
     engine.take_events();
     reply
