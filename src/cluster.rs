@@ -33,10 +33,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
 use crate::bus::Request;
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, Millis};
 use crate::nats::{NatsError, PREFIX};
+use crate::request_id::RequestId;
 use crate::token::Jwk;
 
 /// Bucket mapping runs and batches to their owning engine.
@@ -71,6 +74,8 @@ pub enum Owned {
     Run(Uuid),
     /// A review batch.
     Batch(Uuid),
+    /// A run start with this idempotency key (the key's digest).
+    Start([u8; 16]),
 }
 
 impl Owned {
@@ -79,7 +84,18 @@ impl Owned {
         match self {
             Owned::Run(id) => format!("run.{id}"),
             Owned::Batch(id) => format!("batch.{id}"),
+            Owned::Start(digest) => format!("start.{}", hex::encode(digest)),
         }
+    }
+
+    /// The run start keyed by `request_id`. Only the key is hashed, not
+    /// the requester: two requesters who pick the same key are sent to the
+    /// same engine, which keeps their runs apart.
+    pub fn start(request_id: &RequestId) -> Owned {
+        let digest = Sha256::digest(request_id.as_str().as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Owned::Start(first)
     }
 
     /// The thing an event makes known, if it makes one known.
@@ -97,6 +113,7 @@ impl std::fmt::Display for Owned {
         match self {
             Owned::Run(id) => write!(f, "run {id}"),
             Owned::Batch(id) => write!(f, "batch {id}"),
+            Owned::Start(_) => f.write_str("the run started with this request id"),
         }
     }
 }
@@ -108,6 +125,9 @@ pub enum Route {
     Any,
     /// By the owner of a run or batch.
     Owner(Owned),
+    /// By the engine that first took this key, or by this one, which then
+    /// takes it (keyed run starts).
+    First(Owned),
     /// By the engine whose key signed the token (introspection).
     Signer(String),
     /// By every live engine, answers merged (pending batches).
@@ -119,6 +139,10 @@ pub enum Route {
 /// Where `request` must be answered.
 pub fn route_of(request: &Request) -> Route {
     match request {
+        Request::StartRun {
+            request_id: Some(id),
+            ..
+        } => Route::First(Owned::start(id)),
         Request::StartRun { .. } | Request::Health {} => Route::Any,
         Request::StepToken { run, .. }
         | Request::CompleteStep { run, .. }
@@ -268,6 +292,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// The engine that owns `owned`: the one the directory names, or this
+    /// one when the directory had no entry and now names it. Taking the
+    /// entry is atomic, so two engines that race for a key agree on one.
+    pub async fn take(&self, owned: Owned) -> Result<String, String> {
+        if let Some(kid) = self.cached(owned) {
+            return Ok(kid);
+        }
+        let value = Bytes::from(self.kid.clone());
+        match self.directory.create(owned.key(), value).await {
+            Ok(_) => {
+                self.remember(owned, self.kid.clone());
+                Ok(self.kid.clone())
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .owner(owned)
+                .await
+                .ok_or_else(|| format!("directory: {owned} has an unreadable entry")),
+            Err(e) => Err(format!("directory: cannot record {owned}: {e}")),
+        }
+    }
+
     /// The engine that owns `owned`, if the directory knows it.
     pub async fn owner(&self, owned: Owned) -> Option<String> {
         if let Some(kid) = self.cached(owned) {
@@ -400,6 +445,31 @@ mod tests {
         assert_eq!(route_of(&Request::PendingBatches {}), Route::Everyone);
         assert_eq!(route_of(&Request::Jwks {}), Route::Keys);
         assert_eq!(route_of(&Request::Health {}), Route::Any);
+    }
+
+    #[test]
+    fn a_keyed_run_start_goes_to_whoever_took_the_key_first() {
+        let key = RequestId::parse("release-42").unwrap();
+        let keyed = Request::StartRun {
+            svid: String::new(),
+            workflow: String::new(),
+            request_id: Some(key.clone()),
+        };
+        let route = route_of(&keyed);
+        assert_eq!(route, Route::First(Owned::start(&key)));
+        let Route::First(owned) = route else {
+            unreachable!()
+        };
+        // The directory key is a digest: request ids may hold `:`, which
+        // key-value keys may not.
+        let sha = hex::encode(Sha256::digest(b"release-42"));
+        assert_eq!(owned.key(), format!("start.{}", &sha[..32]));
+        let unkeyed = Request::StartRun {
+            svid: String::new(),
+            workflow: String::new(),
+            request_id: None,
+        };
+        assert_eq!(route_of(&unkeyed), Route::Any);
     }
 
     #[test]

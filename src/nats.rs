@@ -471,6 +471,16 @@ async fn route(ctx: &Ctx, suffix: &str, message: &Message, request: Request) -> 
             }
             _ => Answer::Here(local(ctx, request).await),
         },
+        Route::First(owned) => match cluster.take(owned).await {
+            Ok(kid) if kid != cluster.kid() => {
+                forward(ctx, &kid, suffix, message, &owned.to_string()).await
+            }
+            Ok(_) => Answer::Here(local(ctx, request).await),
+            Err(e) => {
+                warn!(error = %e, "keyed run start not recorded; answering here");
+                Answer::Here(local(ctx, request).await)
+            }
+        },
         Route::Signer(kid) if cluster.is_peer(&kid).await => {
             forward(ctx, &kid, suffix, message, "the token").await
         }

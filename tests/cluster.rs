@@ -273,3 +273,33 @@ async fn a_request_forwarded_to_an_engine_is_answered_there_and_only_there() {
     assert!(matches!(owner, Response::Run(ref v) if v.run == run));
     assert!(matches!(other, Response::Error { ref code, .. } if code == "unknown_run"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_run_start_repeated_on_any_engine_starts_one_run() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let t = connect(&nats.url()).await;
+    let _a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
+    let _b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
+    let text = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
+    let client = Client::new(t.clone());
+    let svid = dev_svid(&dev, DANA);
+    let key = stepgate::request_id::RequestId::parse("release-2026-12-04").unwrap();
+
+    // Whichever engine each repeat reaches, it is sent to the engine that
+    // took the key first, which answers the same run.
+    let first = client.start_run_keyed(&svid, &text, &key).await.unwrap();
+    for _ in 0..12 {
+        let again = client.start_run_keyed(&svid, &text, &key).await.unwrap();
+        assert_eq!(again.run, first.run);
+        assert_eq!(again.batches, first.batches);
+    }
+    let pending = ReviewerClient::new(t.clone(), dev_svid(&dev, RILEY))
+        .pending()
+        .await
+        .unwrap();
+    assert_eq!(pending.batches.len(), 1, "one run, so one batch");
+    assert!(pending.unreachable.is_empty());
+}

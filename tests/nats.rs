@@ -14,151 +14,22 @@
 mod common;
 #[path = "common/nats.rs"]
 mod nats_server;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use nats_server::NatsServer;
+use serve::{dev_init, dev_svid, Engine, Stopped};
 use stepgate::bus::{BusError, Request, Response, Transport};
 use stepgate::client::{AgentClient, Client, ClientError, ReviewerClient};
 use stepgate::engine::{DecisionReply, TokenReply};
 use stepgate::nats::NatsTransport;
 use stepgate::request_id::RequestId;
-
-/// `stepgate serve` as a child process; killed on drop.
-struct Engine {
-    child: Option<Child>,
-    args: Vec<String>,
-}
-
-impl Engine {
-    fn start(nats: &str, data: &Path, dev: &Path) -> Self {
-        let args = vec![
-            "serve".into(),
-            "--nats".into(),
-            nats.into(),
-            "--data".into(),
-            data.display().to_string(),
-            "--policy".into(),
-            example("release")
-                .join("policy.cedar")
-                .display()
-                .to_string(),
-            "--trust-bundle".into(),
-            dev.join("bundle.json").display().to_string(),
-            "--reviewers".into(),
-            example("release")
-                .join("reviewers.yaml")
-                .display()
-                .to_string(),
-        ];
-        let mut engine = Self { child: None, args };
-        engine.spawn();
-        engine
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// SIGTERM, then waits (up to 10 s) for the process to exit; returns
-    /// its exit code.
-    fn sigterm(&mut self) -> Option<i32> {
-        let mut child = self.child.take().unwrap();
-        send_signal(child.id(), "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the engine did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL on Unix
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
-/// A process stopped with SIGSTOP; SIGCONT when dropped, so a failing
-/// assertion never leaves it stopped.
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Self {
-        send_signal(pid, "-STOP");
-        Self(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
-fn dev_svid(dev: &Path, who: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["dev", "svid", who, "--dir"])
-        .arg(dev)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn dev_init(dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["dev", "init", "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 async fn connect(url: &str) -> NatsTransport {
     NatsTransport::connect(url, Duration::from_secs(5))

@@ -93,12 +93,16 @@ impl Engine {
         }
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns its exit code.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the process to exit;
+    /// returns its exit code.
     pub fn sigterm(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
+        send_signal(child.id(), "-TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -116,6 +120,35 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.sigkill();
+    }
+}
+
+/// Sends `signal` (e.g. `-TERM`) to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A process stopped with SIGSTOP; SIGCONT when dropped, so a failing
+/// assertion never leaves it stopped.
+pub struct Stopped(u32);
+
+impl Stopped {
+    /// Stops `pid`.
+    pub fn new(pid: u32) -> Self {
+        send_signal(pid, "-STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
     }
 }
 
