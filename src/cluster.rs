@@ -325,7 +325,13 @@ impl Cluster {
                 return None;
             }
         };
-        let kid = String::from_utf8(value.to_vec()).ok()?;
+        let kid = String::from_utf8(value.to_vec())
+            .ok()
+            .filter(|k| is_subject_token(k));
+        let Some(kid) = kid else {
+            warn!(%owned, "directory entry is not an engine key id; answering locally");
+            return None;
+        };
         self.remember(owned, kid.clone());
         Some(kid)
     }
@@ -385,7 +391,11 @@ impl Cluster {
                 continue;
             };
             match serde_json::from_slice::<EngineRecord>(&value) {
-                Ok(record) if record.kid == key => records.push(record),
+                Ok(record)
+                    if record.kid == key && record.jwk.kid == key && record.jwk.is_self_named() =>
+                {
+                    records.push(record)
+                }
                 _ => debug!(key = %key, "ignoring an engine record that does not decode"),
             }
         }

@@ -253,6 +253,13 @@ impl Jwk {
         let bytes: [u8; 32] = URL_SAFE_NO_PAD.decode(&self.x).ok()?.try_into().ok()?;
         VerifyingKey::from_bytes(&bytes).ok()
     }
+
+    /// True for a well-formed Ed25519 key whose `kid` is its own RFC 7638
+    /// thumbprint, as every key stepgate writes is: such a `kid` cannot be
+    /// claimed by another key.
+    pub fn is_self_named(&self) -> bool {
+        self.verifying_key().is_some() && self.kid == okp_thumbprint(&self.x)
+    }
 }
 
 /// A JWK set (RFC 7517 section 5): the keys a verifier trusts.

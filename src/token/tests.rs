@@ -107,6 +107,21 @@ fn kid_is_thumbprint_computed_from_x() {
 }
 
 #[test]
+fn a_key_is_self_named_only_under_its_own_thumbprint() {
+    let own = key().public_jwk();
+    assert!(own.is_self_named());
+    let mut borrowed = KeyPair::from_secret_bytes([9; 32]).public_jwk();
+    borrowed.kid = own.kid.clone();
+    assert!(!borrowed.is_self_named(), "another key under this kid");
+    let mut short = own.clone();
+    short.x = "AAAA".into();
+    assert!(!short.is_self_named(), "not 32 bytes");
+    let mut rsa = own;
+    rsa.kty = "RSA".into();
+    assert!(!rsa.is_self_named());
+}
+
+#[test]
 fn kid_matches_jsonwebtoken_thumbprint() {
     let text = serde_json::to_string(&key().public_jwk()).unwrap();
     let theirs: jsonwebtoken::jwk::Jwk = serde_json::from_str(&text).unwrap();
