@@ -11,19 +11,21 @@
 //! - **deny**: a `forbid` matched, no `permit` matched, or evaluation hit
 //!   an error. An error always ends in deny, whatever else matched.
 //!
-//! Every policy carries `@id("...")`; decisions name the ids that decided
-//! them and the digest of the policy set, so an auditor can tell which
-//! rules were in force. The set is validated in strict mode against the
-//! shipped schema at load, in time near-linear in the number of actions
-//! (`schema` says how). This module does no I/O beyond [`PolicySet::load`].
+//! Every policy carries `@id("...")`, unique in the set and made of 1 to
+//! [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 . _ : -`; decisions name the
+//! ids that decided them and the digest of the policy set, so an auditor
+//! can tell which rules were in force (`annotations` reads and checks
+//! them). The set is validated in strict mode against the shipped schema
+//! at load, in time near-linear in the number of actions (`schema` says
+//! how). This module does no I/O beyond [`PolicySet::load`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, Policy, PolicyId, Request, RestrictedExpression,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Request, RestrictedExpression,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,7 +33,10 @@ use sha2::{Digest, Sha256};
 use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
 
+mod annotations;
 mod schema;
+
+pub use annotations::{valid_id, Place, MAX_ID_LEN};
 
 /// The Cedar schema every policy set is validated against.
 pub const BASE_SCHEMA: &str = include_str!("../schemas/stepgate.cedarschema");
@@ -71,20 +76,36 @@ pub enum PolicyError {
         message: String,
     },
     /// A policy lacks the `@id` annotation.
-    #[error("{file}: policy {position} has no `@id(\"...\")` annotation")]
+    #[error("{file}: {at} has no `@id(\"...\")` annotation")]
     MissingId {
         /// The policy file.
         file: String,
-        /// 1-based position of the policy in the file.
-        position: usize,
+        /// Where the policy is.
+        at: Place,
+    },
+    /// An `@id` value is not an id (see [`valid_id`]).
+    #[error(
+        "{file}: {at}: `@id(\"{value}\")` is not an id: use 1-{MAX_ID_LEN} of A-Z a-z 0-9 . _ : -"
+    )]
+    BadId {
+        /// The policy file.
+        file: String,
+        /// Where the policy is.
+        at: Place,
+        /// The refused value, escaped and cut to 64 characters.
+        value: String,
     },
     /// Two policies carry the same `@id`.
-    #[error("{file}: two policies have `@id(\"{id}\")`")]
+    #[error("{file}: {at}: `@id(\"{id}\")` is already the id of {first}")]
     DuplicateId {
         /// The policy file.
         file: String,
         /// The repeated id.
         id: String,
+        /// Where the second policy is.
+        at: Place,
+        /// Where the first policy with that id is.
+        first: Place,
     },
     /// A `@review` annotation is misplaced or malformed.
     #[error("{file}: policy `{id}`: {message}")]
@@ -298,7 +319,7 @@ impl PolicySet {
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Template { file });
         }
-        let (set, review) = rename_by_annotation(&file, &parsed)?;
+        let (set, review) = annotations::rename_by_annotation(&file, text, &parsed)?;
 
         let mut declared: BTreeSet<String> = actions.into_iter().map(str::to_string).collect();
         declared.extend(schema::actions_named(&set));
@@ -410,62 +431,6 @@ impl PolicySet {
     }
 }
 
-/// Gives each policy the id of its `@id` annotation and collects the
-/// `@review` groups of permits.
-fn rename_by_annotation(
-    file: &str,
-    parsed: &cedar_policy::PolicySet,
-) -> Result<(cedar_policy::PolicySet, BTreeMap<String, String>), PolicyError> {
-    // Cedar numbers policies `policy0`, `policy1`... in file order.
-    let mut policies: Vec<&Policy> = parsed.policies().collect();
-    policies.sort_by_key(|p| {
-        p.id().to_string()[6..]
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
-
-    let mut set = cedar_policy::PolicySet::new();
-    let mut review = BTreeMap::new();
-    for (index, policy) in policies.into_iter().enumerate() {
-        let id = policy
-            .annotation("id")
-            .filter(|id| !id.trim().is_empty())
-            .ok_or(PolicyError::MissingId {
-                file: file.to_string(),
-                position: index + 1,
-            })?
-            .to_string();
-        if let Some(group) = policy.annotation("review") {
-            check_review(file, &id, group, policy.effect())?;
-            review.insert(id.clone(), group.to_string());
-        }
-        set.add(policy.new_id(PolicyId::new(&id)))
-            .map_err(|_| PolicyError::DuplicateId {
-                file: file.to_string(),
-                id,
-            })?;
-    }
-    Ok((set, review))
-}
-
-fn check_review(file: &str, id: &str, group: &str, effect: Effect) -> Result<(), PolicyError> {
-    let bad = |message: &str| PolicyError::BadReview {
-        file: file.to_string(),
-        id: id.to_string(),
-        message: message.to_string(),
-    };
-    if effect == Effect::Forbid {
-        return Err(bad("`@review` only applies to `permit` policies"));
-    }
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
-    if group.is_empty() || group.len() > 64 || !group.chars().all(ok) {
-        return Err(bad(
-            "`@review` must name a reviewer group: 1-64 of a-z 0-9 - _",
-        ));
-    }
-    Ok(())
-}
-
 fn build_request(facts: &Facts<'_>) -> Result<(Request, Entities), String> {
     let agent = uid("Agent", facts.agent.as_str())?;
     let resource = uid("Resource", facts.resource)?;
@@ -520,12 +485,12 @@ pub fn sha256_text(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
-/// Cedar's errors span lines; events and logs want one.
+/// Cedar's errors span lines; events and logs want one, and none of them
+/// may carry a raw control character out of a policy file.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let text = e.to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    crate::text::escape_controls(&words.join(" "))
 }
 
 #[cfg(test)]
@@ -655,7 +620,13 @@ mod tests {
         let no_id = "permit (principal, action, resource);";
         assert!(matches!(
             PolicySet::parse("p.cedar", no_id, ["deploy"]),
-            Err(PolicyError::MissingId { position: 1, .. })
+            Err(PolicyError::MissingId {
+                at: Place {
+                    position: 1,
+                    line: Some(1)
+                },
+                ..
+            })
         ));
 
         let dup = r#"@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);"#;
@@ -686,6 +657,51 @@ mod tests {
             PolicySet::parse("p.cedar", template, ["deploy"]),
             Err(PolicyError::Template { .. })
         ));
+    }
+
+    #[test]
+    fn an_id_outside_the_charset_is_refused_naming_file_place_and_the_escaped_value() {
+        let text = "@id(\"ok\")\npermit (principal, action, resource);\n\n// next\n@id(\"wipe\u{1b}[2Jall\")\nforbid (principal, action, resource);\n";
+        let err = PolicySet::parse("p.cedar", text, ["deploy"]).unwrap_err();
+        assert!(matches!(
+            &err,
+            PolicyError::BadId { at: Place { position: 2, line: Some(5) }, value, .. } if value == "wipe\\u{1b}[2Jall"
+        ));
+        assert_eq!(
+            err.to_string(),
+            "p.cedar: policy 2 (line 5): `@id(\"wipe\\u{1b}[2Jall\")` is not an id: use 1-128 of A-Z a-z 0-9 . _ : -"
+        );
+        assert!(!err.to_string().contains('\u{1b}'));
+
+        let long = format!(
+            "@id(\"{}\") permit (principal, action, resource);",
+            "a".repeat(129)
+        );
+        let err = PolicySet::parse("p.cedar", &long, ["deploy"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("p.cedar: policy 1 (line 1): `@id(\"{}... (129 characters)\")` is not an id: use 1-128 of A-Z a-z 0-9 . _ : -", "a".repeat(64))
+        );
+        for bad in ["", " ", "two words", "caf\u{e9}"] {
+            let text = format!("@id(\"{bad}\") permit (principal, action, resource);");
+            assert!(
+                matches!(
+                    PolicySet::parse("p.cedar", &text, ["deploy"]),
+                    Err(PolicyError::BadId { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_id_names_both_places() {
+        let text = "@id(\"a\") permit (principal, action, resource);\n@id(\"b\") permit (principal, action, resource);\n@id(\"a\") forbid (principal, action, resource);\n";
+        let err = PolicySet::parse("p.cedar", text, ["deploy"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.cedar: policy 3 (line 3): `@id(\"a\")` is already the id of policy 1 (line 1)"
+        );
     }
 
     /// One permit per action for `n` actions, plus two guardrails that
