@@ -5,7 +5,9 @@
 //! - `1` the command ran and the answer is "no" (a run that did not
 //!   complete, a token that does not verify, a broken audit chain);
 //! - `2` bad input (a file that does not validate, bad arguments);
-//! - `3` the environment failed (data directory unreadable or locked).
+//! - `3` the environment failed (data directory unreadable or locked);
+//! - `141` stdout was closed by its reader (`stepgate ... | head -1`): the
+//!   command stops printing and exits without a message (see [`crate::out`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ use serde_json::json;
 use crate::audit;
 use crate::demo::{self, ReviewMode};
 use crate::engine::RunStatus;
+use crate::out::{OutputError, CLOSED_EXIT};
+use crate::outln;
 use crate::plan::preview;
 use crate::policy::{Outcome, PolicySet};
 use crate::service::SIGNING_KEY;
@@ -38,6 +42,21 @@ impl CliError {
         Self {
             code,
             error: error.into(),
+        }
+    }
+
+    /// True when the command stopped because stdout was closed by its
+    /// reader; nothing more should be printed.
+    pub fn is_closed_stdout(&self) -> bool {
+        OutputError::is_closed(self.error.as_ref())
+    }
+}
+
+impl From<OutputError> for CliError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Closed => CliError::new(CLOSED_EXIT, e),
+            OutputError::Io(_) => env(e),
         }
     }
 }
@@ -225,6 +244,17 @@ enum AuditCommand {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    dispatch(cli).await.map_err(|mut e| {
+        // However deep the closed pipe was met (the demo wraps it), the
+        // exit status says so.
+        if e.is_closed_stdout() {
+            e.code = CLOSED_EXIT;
+        }
+        e
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate(&file, json),
         Command::Plan { file, policy, json } => plan(&file, &policy, json),
@@ -268,24 +298,24 @@ fn validate(file: &Path, json: bool) -> Result<(), CliError> {
         Ok(wf) => {
             if json {
                 let out = json!({"valid": true, "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps().len(), "digest": wf.digest()});
-                println!("{out}");
+                outln!("{out}")?;
             } else {
-                println!(
+                outln!(
                     "{}: valid — workflow `{}`, {} steps, {}",
                     file.display(),
                     wf.name,
                     wf.steps().len(),
                     wf.digest()
-                );
+                )?;
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()})
-                );
+                )?;
             }
             Err(input(e))
         }
@@ -299,17 +329,17 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
     let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
     let (plan, _) = preview(&wf, &policy, "plan", now);
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan).map_err(no)?);
+        outln!("{}", serde_json::to_string_pretty(&plan).map_err(no)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "plan for `{}` ({}) under {} ({})",
         plan.workflow,
         plan.workflow_digest,
         policy.source(),
         plan.policy_digest
-    );
-    println!();
+    )?;
+    outln!()?;
     let width = plan
         .steps
         .iter()
@@ -317,10 +347,12 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "  {:<width$}  {:<8}  {:<8}  policies / reason",
-        "step", "risk", "decision"
-    );
+        "step",
+        "risk",
+        "decision"
+    )?;
     for s in &plan.steps {
         let label = match &s.decision.outcome {
             Outcome::StepUp { group } => format!("step-up → {group}"),
@@ -331,26 +363,26 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         } else {
             s.decision.policy_ids.join(", ")
         };
-        println!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label);
+        outln!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label)?;
     }
-    println!();
+    outln!()?;
     if plan.batches.is_empty() {
-        println!("review batches: none — no step needs review");
+        outln!("review batches: none — no step needs review")?;
     }
     for (i, b) in plan.batches.iter().enumerate() {
-        println!(
+        outln!(
             "review batch {}: group `{}` reviews {} together",
             i + 1,
             b.group,
             b.steps.join(" → ")
-        );
+        )?;
     }
     if plan.denied() > 0 {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "{} step(s) would be denied; a run would stop there",
             plan.denied()
-        );
+        )?;
     }
     Ok(())
 }
@@ -413,7 +445,7 @@ fn jwks(data: &Path) -> Result<(), CliError> {
     let jwks = Jwks {
         keys: vec![key.public_jwk()],
     };
-    println!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?);
+    outln!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?)?;
     Ok(())
 }
 
@@ -450,16 +482,16 @@ fn verify_token(
     ) {
         Ok(claims) => {
             if json {
-                println!("{}", json!({"valid": true, "claims": claims}));
+                outln!("{}", json!({"valid": true, "claims": claims}))?;
             } else {
-                println!("valid step token");
-                println!("{}", serde_json::to_string_pretty(&claims).map_err(no)?);
+                outln!("valid step token")?;
+                outln!("{}", serde_json::to_string_pretty(&claims).map_err(no)?)?;
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!("{}", json!({"valid": false, "error": e.to_string()}));
+                outln!("{}", json!({"valid": false, "error": e.to_string()}))?;
             }
             Err(no(e))
         }
@@ -479,21 +511,23 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
                 }
             }
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &json!({"ok": report.findings.is_empty(), "report": report})
                     )
                     .map_err(no)?
-                );
+                )?;
             } else {
-                println!("chain ok: {} events, head {}", report.events, report.head);
-                println!(
+                outln!("chain ok: {} events, head {}", report.events, report.head)?;
+                outln!(
                     "{} runs, {} batches, {} tokens",
-                    report.runs, report.batches, report.tokens
-                );
+                    report.runs,
+                    report.batches,
+                    report.tokens
+                )?;
                 for f in &report.findings {
-                    println!("FINDING: {f}");
+                    outln!("FINDING: {f}")?;
                 }
             }
             if report.findings.is_empty() {
@@ -504,16 +538,16 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
         }
         Err(audit::AuditError::Chain(e)) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
-                );
+                )?;
             }
             Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
         }
         Err(audit::AuditError::Store(e)) if is_corruption(&e) => {
             if json {
-                println!("{}", json!({"ok": false, "error": e.to_string()}));
+                outln!("{}", json!({"ok": false, "error": e.to_string()}))?;
             }
             Err(no(anyhow::anyhow!(
                 "the data directory is corrupted or was tampered with below the log: {e}"
@@ -521,7 +555,7 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
         }
         Err(e @ audit::AuditError::Store(_)) => {
             if json {
-                println!("{}", json!({"ok": false, "error": e.to_string()}));
+                outln!("{}", json!({"ok": false, "error": e.to_string()}))?;
             }
             Err(env(e))
         }
@@ -555,14 +589,14 @@ fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<()
     }
     for line in &lines {
         if json {
-            println!("{}", serde_json::to_string(line).map_err(no)?);
+            outln!("{}", serde_json::to_string(line).map_err(no)?)?;
         } else {
-            println!(
+            outln!(
                 "{}  #{:<5} {}",
                 audit::fmt_time(line.at),
                 line.seq,
                 line.text
-            );
+            )?;
         }
     }
     Ok(())
@@ -598,13 +632,13 @@ fn audit_tokens(
     };
     for t in tokens {
         if json {
-            println!("{}", serde_json::to_string(t).map_err(no)?);
+            outln!("{}", serde_json::to_string(t).map_err(no)?)?;
         } else {
             let approval = t
                 .approval
                 .map(|b| format!(" approval {b}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{}  {} → {}  run {} step `{}` {} [{}] aud {}{approval}",
                 t.jti,
                 audit::fmt_time(t.iat),
@@ -614,7 +648,7 @@ fn audit_tokens(
                 t.sub,
                 t.scopes.join(" "),
                 t.aud
-            );
+            )?;
         }
     }
     Ok(())

@@ -457,3 +457,86 @@ fn hostile_text_is_refused_before_any_parser_recurses_into_it() {
         text(&out.stderr)
     );
 }
+
+/// A data directory with a signing key and `events` key-created events,
+/// written through the store as the engine would.
+fn data_dir_with_events(events: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    use stepgate::event::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut store = stepgate::store::Store::open(&data).unwrap();
+    store
+        .put_key(stepgate::service::SIGNING_KEY, &[7u8; 32])
+        .unwrap();
+    let batch: Vec<Event> = (0..events)
+        .map(|i| Event::KeyCreated {
+            kid: format!("key-{i}"),
+        })
+        .collect();
+    store.append(T0, batch).unwrap();
+    store.flush_blocking().unwrap();
+    (dir, data)
+}
+
+/// Runs the binary with stdout on a pipe whose read end is already closed.
+fn run_with_stdout_closed(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(args)
+        .current_dir(root())
+        .stdout(writer)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_every_printing_command_with_141_and_no_panic() {
+    let (_dir, data) = data_dir_with_events(3);
+    let data = data.to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["audit", "timeline", "--data", data],
+        &["audit", "verify", "--data", data, "--json"],
+        &["keys", "jwks", "--data", data],
+        &["validate", "examples/release/workflow.yaml"],
+        &[
+            "plan",
+            "examples/release/workflow.yaml",
+            "--policy",
+            "examples/release/policy.cedar",
+            "--json",
+        ],
+    ];
+    for args in commands {
+        let out = run_with_stdout_closed(args);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}");
+    }
+}
+
+#[test]
+fn a_reader_that_stops_after_a_few_bytes_ends_the_timeline_with_141_and_no_panic() {
+    use std::io::Read;
+    // More output than a pipe holds, so the writer is still writing when
+    // the reader leaves, as with `stepgate audit timeline | head -1`.
+    let (_dir, data) = data_dir_with_events(4000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["audit", "timeline", "--data", data.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 32];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(text(&first).contains("#0 "), "{}", text(&first));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr, "");
+    assert_eq!(out.status.code(), Some(141));
+}
