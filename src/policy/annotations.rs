@@ -144,26 +144,40 @@ fn check_review(file: &str, id: &str, group: &str, effect: Effect) -> Result<(),
     Ok(())
 }
 
-/// Finds each policy's text in the file, in order, to tell its line.
+/// Finds each policy's text in the file, in order, to tell its line. The
+/// search and the line count only move forward, so a whole file costs one
+/// pass.
 struct Lines<'a> {
     text: &'a str,
     /// Byte offset where the search for the next policy starts.
     cursor: usize,
+    /// The line at `cursor`, 1-based.
+    line: usize,
 }
 
 impl<'a> Lines<'a> {
     fn new(text: &'a str) -> Self {
-        Self { text, cursor: 0 }
+        Self {
+            text,
+            cursor: 0,
+            line: 1,
+        }
     }
 
     /// The line where `policy_text` next occurs; `None` when Cedar's copy
     /// of the text is not found verbatim.
     fn find(&mut self, policy_text: &str) -> Option<usize> {
         let rest = self.text.get(self.cursor..)?;
-        let offset = self.cursor + rest.find(policy_text)?;
-        self.cursor = offset + policy_text.len();
-        Some(self.text[..offset].matches('\n').count() + 1)
+        let offset = rest.find(policy_text)?;
+        let start = self.line + newlines(&rest[..offset]);
+        self.cursor += offset + policy_text.len();
+        self.line = start + newlines(policy_text);
+        Some(start)
     }
+}
+
+fn newlines(text: &str) -> usize {
+    text.bytes().filter(|b| *b == b'\n').count()
 }
 
 #[cfg(test)]

@@ -24,14 +24,17 @@
 
 use std::collections::BTreeSet;
 
-use cedar_policy::{ActionConstraint, Policy, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    ActionConstraint, EntityUid, Policy, PolicySet, Schema, ValidationMode, Validator,
+};
 
 use super::{one_line, PolicyError, BASE_SCHEMA, NAMESPACE};
 
-/// Scoped policies checked against one schema. Each chunk pays for
-/// building a small schema once and typechecks its policies under the
-/// chunk's actions only, so the total stays near-linear; 16 balances the
-/// two costs for policies that name one action each.
+/// Scoped policies checked against one schema. Each chunk pays once for
+/// parsing the base schema and typechecks its policies under the chunk's
+/// actions only, so the total stays linear. For policies that name one
+/// action each, 16 to 24 cost least (instructions counted for 1,000
+/// actions: 8 took 12% more, 48 took 6% more, 96 took 27% more).
 pub(super) const CHUNK: usize = 16;
 
 /// One call of Cedar's validator: these policies against a schema that
@@ -113,20 +116,10 @@ fn run(check: &Check<'_>) -> Result<Vec<String>, PolicyError> {
 
 /// Action ids named in the policies' action constraints.
 pub(super) fn actions_named(set: &PolicySet) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for policy in set.policies() {
-        let uids = match policy.action_constraint() {
-            ActionConstraint::Any => vec![],
-            ActionConstraint::Eq(uid) => vec![uid],
-            ActionConstraint::In(uids) => uids,
-        };
-        for uid in uids {
-            if uid.type_name().to_string() == action_type() {
-                names.insert(uid.id().unescaped().to_string());
-            }
-        }
-    }
-    names
+    set.policies()
+        .flat_map(scope_actions)
+        .filter_map(|uid| stepgate_action(&uid))
+        .collect()
 }
 
 fn action_type() -> String {
@@ -136,6 +129,13 @@ fn action_type() -> String {
 /// Every `Stepgate::Action` id the policy names, in its scope or its
 /// conditions; `None` when the policy cannot be read back as JSON.
 fn action_literals(policy: &Policy) -> Option<BTreeSet<String>> {
+    let scope = scope_actions(policy);
+    // Every action literal spells the type name `Action`. When the text
+    // holds no more of them than the scope, the conditions name none, and
+    // the JSON round trip (a second parse) is skipped.
+    if policy.to_string().matches("Action").count() <= scope.len() {
+        return Some(scope.iter().filter_map(stepgate_action).collect());
+    }
     let json = policy.to_json().ok()?;
     let action_type = action_type();
     let mut found = BTreeSet::new();
@@ -161,6 +161,20 @@ fn action_literals(policy: &Policy) -> Option<BTreeSet<String>> {
         }
     }
     Some(found)
+}
+
+/// The entity ids in the policy's action constraint, of any type.
+fn scope_actions(policy: &Policy) -> Vec<EntityUid> {
+    match policy.action_constraint() {
+        ActionConstraint::Any => vec![],
+        ActionConstraint::Eq(uid) => vec![uid],
+        ActionConstraint::In(uids) => uids,
+    }
+}
+
+/// The id of `uid` when it is a `Stepgate::Action`.
+fn stepgate_action(uid: &EntityUid) -> Option<String> {
+    (uid.type_name().to_string() == action_type()).then(|| uid.id().unescaped().to_string())
 }
 
 /// The base schema plus one declaration per action.
@@ -201,6 +215,21 @@ mod tests {
         );
         let want: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
         assert_eq!(action_literals(&p), Some(want));
+    }
+
+    #[test]
+    fn a_policy_without_literals_in_its_conditions_yields_its_scope_actions() {
+        let p = policy(
+            r#"permit (principal, action in [Stepgate::Action::"a", Other::Action::"b"], resource) when { context.risk_level > 1 };"#,
+        );
+        let want: BTreeSet<String> = ["a"].map(String::from).into();
+        assert_eq!(action_literals(&p), Some(want));
+        // A comment that mentions actions only costs the JSON round trip.
+        let commented = policy(
+            "permit (principal, action == Stepgate::Action::\"a\", resource) // Action, Action\n;",
+        );
+        let want: BTreeSet<String> = ["a"].map(String::from).into();
+        assert_eq!(action_literals(&commented), Some(want));
     }
 
     #[test]
