@@ -24,7 +24,7 @@ use crate::plan::preview;
 use crate::policy::{Outcome, PolicySet};
 use crate::service::SIGNING_KEY;
 use crate::spiffe::SpiffeId;
-use crate::store::Store;
+use crate::store::{Store, LOG_TREE};
 use crate::token::{self, Jwks, KeyPair, VerifyOptions};
 use crate::workflow::Workflow;
 
@@ -540,14 +540,20 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
             if json {
                 outln!(
                     "{}",
-                    json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
+                    json!({"ok": false, "first_bad_seq": e.seq(), "tree": LOG_TREE, "error": e.to_string()})
                 )?;
             }
-            Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
+            Err(no(anyhow::anyhow!(
+                "chain broken at seq {}: `{LOG_TREE}` tree: {e}",
+                e.seq()
+            )))
         }
-        Err(audit::AuditError::Store(e)) if is_corruption(&e) => {
+        Err(audit::AuditError::Store(e)) if e.is_corruption() => {
             if json {
-                outln!("{}", json!({"ok": false, "error": e.to_string()}))?;
+                outln!(
+                    "{}",
+                    json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
+                )?;
             }
             Err(no(anyhow::anyhow!(
                 "the data directory is corrupted or was tampered with below the log: {e}"
@@ -563,23 +569,17 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
     }
 }
 
-/// sled reports damaged files as corruption: for an auditor that is a
-/// "no", not an environment failure.
-fn is_corruption(e: &crate::store::StoreError) -> bool {
-    use crate::store::StoreError;
+/// Audit failures: an unreadable directory is the environment's fault; a
+/// damaged or tampered one is the answer "no".
+fn audit_error(e: audit::AuditError) -> CliError {
     match e {
-        StoreError::Open { source, .. } | StoreError::Io(source) => {
-            matches!(source, sled::Error::Corruption { .. })
-        }
-        _ => false,
+        audit::AuditError::Store(ref s) if !s.is_corruption() => env(e),
+        other => no(other),
     }
 }
 
 fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<(), CliError> {
-    let entries = audit::read_verified(data).map_err(|e| match e {
-        audit::AuditError::Store(_) => env(e),
-        other => no(other),
-    })?;
+    let entries = audit::read_verified(data).map_err(audit_error)?;
     let lines = audit::timeline(&entries, run);
     if run.is_some() && lines.is_empty() {
         return Err(input(anyhow::anyhow!(
@@ -608,10 +608,7 @@ fn audit_tokens(
     scope: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
-    let entries = audit::read_verified(data).map_err(|e| match e {
-        audit::AuditError::Store(_) => env(e),
-        other => no(other),
-    })?;
+    let entries = audit::read_verified(data).map_err(audit_error)?;
     let engine =
         crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
     let state = engine.state();

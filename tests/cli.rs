@@ -476,7 +476,23 @@ fn data_dir_with_events(events: u64) -> (tempfile::TempDir, std::path::PathBuf) 
         .collect();
     store.append(T0, batch).unwrap();
     store.flush_blocking().unwrap();
+    drop(store);
+    wait_for_sled_lock(&data);
     (dir, data)
+}
+
+/// Waits until nothing holds sled's lock on `data`. sled's file is closed
+/// when a store drops, but a child that a parallel test forks at that
+/// moment keeps the lock until it execs.
+fn wait_for_sled_lock(data: &std::path::Path) {
+    let file = std::fs::File::open(data.join("db")).unwrap();
+    for _ in 0..500 {
+        if file.try_lock().is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{}: sled's lock is still held", data.display());
 }
 
 /// Runs the binary with stdout on a pipe whose read end is already closed.
@@ -539,4 +555,89 @@ fn a_reader_that_stops_after_a_few_bytes_ends_the_timeline_with_141_and_no_panic
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(stderr, "");
     assert_eq!(out.status.code(), Some(141));
+}
+
+/// Overwrites the value of record `seq` in the `log` tree through sled.
+fn overwrite_record_with_sled(data: &std::path::Path, seq: u64, bytes: &[u8]) {
+    {
+        let db = sled::open(data).unwrap();
+        let log = db.open_tree("log").unwrap();
+        assert!(log.get(seq.to_be_bytes()).unwrap().is_some());
+        log.insert(seq.to_be_bytes(), bytes).unwrap();
+        db.flush().unwrap();
+    }
+    wait_for_sled_lock(data);
+}
+
+#[test]
+fn a_record_that_does_not_decode_is_named_by_tree_and_seq_and_audit_verify_exits_1() {
+    let (_dir, data) = data_dir_with_events(8);
+    // Garbage: a msgpack string holding a terminal escape, not a record.
+    overwrite_record_with_sled(&data, 5, b"\xa6\x1b[2Jab");
+
+    let out = stepgate(&["audit", "verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: chain broken at seq 5: `log` tree: seq 5: record does not decode: "
+        ),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+
+    let out = stepgate(&[
+        "audit",
+        "verify",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_seq"], 5);
+    assert_eq!(v["tree"], "log");
+
+    // The store refuses to open on it, naming the same place.
+    match stepgate::store::Store::open(&data) {
+        Err(e) => {
+            assert_eq!(e.seq(), Some(5));
+            assert!(
+                e.to_string()
+                    .starts_with("`log` tree: seq 5: record does not decode: "),
+                "{e}"
+            );
+        }
+        Ok(_) => panic!("a store with a garbage record opened"),
+    }
+}
+
+#[test]
+fn a_truncated_record_is_named_by_seq_and_audit_verify_exits_1() {
+    let (_dir, data) = data_dir_with_events(8);
+    let whole = {
+        let raw = stepgate::store::RawLog::open(&data).unwrap();
+        let (_, bytes) = raw.records().nth(3).unwrap().unwrap();
+        bytes
+    };
+    wait_for_sled_lock(&data);
+    overwrite_record_with_sled(&data, 3, &whole[..whole.len() / 2]);
+
+    let out = stepgate(&["audit", "verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: chain broken at seq 3: `log` tree: seq 3: record does not decode: "
+        ),
+        "{err}"
+    );
+    let out = stepgate(&["audit", "timeline", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: `log` tree: seq 3: record does not decode: "),
+        "{}",
+        text(&out.stderr)
+    );
 }
