@@ -20,8 +20,9 @@ use crate::demo::{self, ReviewMode};
 use crate::engine::RunStatus;
 use crate::out::{OutputError, CLOSED_EXIT};
 use crate::outln;
-use crate::plan::preview;
+use crate::plan::{check_reviewers, preview, Plan, ReviewerCheck};
 use crate::policy::{Outcome, PolicySet};
+use crate::review::Reviewers;
 use crate::service::SIGNING_KEY;
 use crate::spiffe::SpiffeId;
 use crate::store::{Store, LOG_TREE};
@@ -105,6 +106,10 @@ enum Command {
         /// Cedar policy file.
         #[arg(long)]
         policy: PathBuf,
+        /// Reviewers file: every review group the policy can ask for on
+        /// this workflow must have members (exit 2 when one has none).
+        #[arg(long)]
+        reviewers: Option<PathBuf>,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -257,7 +262,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate(&file, json),
-        Command::Plan { file, policy, json } => plan(&file, &policy, json),
+        Command::Plan {
+            file,
+            policy,
+            reviewers,
+            json,
+        } => plan(&file, &policy, reviewers.as_deref(), json),
         Command::Demo(args) => run_demo(args).await,
         Command::Keys {
             command: KeysCommand::Jwks { data },
@@ -322,16 +332,29 @@ fn validate(file: &Path, json: bool) -> Result<(), CliError> {
     }
 }
 
-fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
+fn plan(file: &Path, policy: &Path, reviewers: Option<&Path>, json: bool) -> Result<(), CliError> {
     let wf = Workflow::load(file).map_err(input)?;
     let policy =
         PolicySet::load(policy, wf.steps().iter().map(|s| s.action.as_str())).map_err(input)?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
-    let (plan, _) = preview(&wf, &policy, "plan", now);
+    let (mut plan, _) = preview(&wf, &policy, "plan", now);
+    if let Some(path) = reviewers {
+        let people = Reviewers::load(path).map_err(input)?;
+        let file = path.display().to_string();
+        plan.reviewers = Some(check_reviewers(&wf, &policy, &people, &file));
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&plan).map_err(no)?)?;
-        return Ok(());
+    } else {
+        print_plan(&plan, &policy)?;
     }
+    match &plan.reviewers {
+        Some(check) if !check.errors.is_empty() => Err(reviewer_errors(check)),
+        _ => Ok(()),
+    }
+}
+
+fn print_plan(plan: &Plan, policy: &PolicySet) -> Result<(), CliError> {
     outln!(
         "plan for `{}` ({}) under {} ({})",
         plan.workflow,
@@ -340,6 +363,33 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         plan.policy_digest
     )?;
     outln!()?;
+    print_steps(plan)?;
+    outln!()?;
+    if plan.batches.is_empty() {
+        outln!("review batches: none — no step needs review")?;
+    }
+    for (i, b) in plan.batches.iter().enumerate() {
+        outln!(
+            "review batch {}: group `{}` reviews {} together",
+            i + 1,
+            b.group,
+            b.steps.join(" → ")
+        )?;
+    }
+    if plan.denied() > 0 {
+        outln!()?;
+        outln!(
+            "{} step(s) would be denied; a run would stop there",
+            plan.denied()
+        )?;
+    }
+    if let Some(check) = &plan.reviewers {
+        print_reviewer_check(check)?;
+    }
+    Ok(())
+}
+
+fn print_steps(plan: &Plan) -> Result<(), CliError> {
     let width = plan
         .steps
         .iter()
@@ -365,26 +415,30 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         };
         outln!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label)?;
     }
+    Ok(())
+}
+
+fn print_reviewer_check(check: &ReviewerCheck) -> Result<(), CliError> {
     outln!()?;
-    if plan.batches.is_empty() {
-        outln!("review batches: none — no step needs review")?;
-    }
-    for (i, b) in plan.batches.iter().enumerate() {
+    if check.errors.is_empty() && check.warnings.is_empty() {
         outln!(
-            "review batch {}: group `{}` reviews {} together",
-            i + 1,
-            b.group,
-            b.steps.join(" → ")
+            "reviewers {}: every review group the policy can ask for has members",
+            check.file
         )?;
     }
-    if plan.denied() > 0 {
-        outln!()?;
-        outln!(
-            "{} step(s) would be denied; a run would stop there",
-            plan.denied()
-        )?;
+    for f in &check.errors {
+        outln!("reviewers {}: error: {}", check.file, f.message)?;
+    }
+    for f in &check.warnings {
+        outln!("reviewers {}: warning: {}", check.file, f.message)?;
     }
     Ok(())
+}
+
+/// Bad input: the reviewers file lacks groups the policy can ask for.
+fn reviewer_errors(check: &ReviewerCheck) -> CliError {
+    let messages: Vec<&str> = check.errors.iter().map(|f| f.message.as_str()).collect();
+    input(anyhow::anyhow!("{}: {}", check.file, messages.join("; ")))
 }
 
 async fn run_demo(args: DemoArgs) -> Result<(), CliError> {

@@ -34,6 +34,7 @@ use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
 
 mod annotations;
+mod reach;
 mod schema;
 
 pub use annotations::{valid_id, Place, MAX_ID_LEN};
@@ -350,6 +351,29 @@ impl PolicySet {
         let mut ids: Vec<String> = self.set.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         ids
+    }
+
+    /// The `@review` permits whose scope admits `agent` doing `action` on
+    /// `resource`, as `(policy id, group)` sorted by id: the reviewer
+    /// groups a request of that step can be sent to. Conditions are not
+    /// evaluated, so a permit counts whenever its scope fits.
+    pub fn review_groups_for(
+        &self,
+        agent: &SpiffeId,
+        action: &str,
+        resource: &str,
+    ) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .set
+            .policies()
+            .filter(|p| reach::admits(p, agent.as_str(), action, resource))
+            .filter_map(|p| {
+                let id = p.id().to_string();
+                self.review.get(&id).map(|group| (id, group.clone()))
+            })
+            .collect();
+        found.sort();
+        found
     }
 
     /// Decides one request. Never fails: every error is a deny that

@@ -557,6 +557,141 @@ fn a_reader_that_stops_after_a_few_bytes_ends_the_timeline_with_141_and_no_panic
     assert_eq!(out.status.code(), Some(141));
 }
 
+fn plan_with_reviewers(policy: &str, reviewers: &str, json: bool) -> Output {
+    let mut args = vec![
+        "plan",
+        "examples/release/workflow.yaml",
+        "--policy",
+        policy,
+        "--reviewers",
+        reviewers,
+    ];
+    if json {
+        args.push("--json");
+    }
+    stepgate(&args)
+}
+
+#[test]
+fn plan_with_reviewers_accepts_the_examples_and_refuses_a_group_without_members() {
+    for name in ["release", "incident-response", "customer-support"] {
+        let out = stepgate(&[
+            "plan",
+            &format!("examples/{name}/workflow.yaml"),
+            "--policy",
+            &format!("examples/{name}/policy.cedar"),
+            "--reviewers",
+            &format!("examples/{name}/reviewers.yaml"),
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["reviewers"]["errors"], serde_json::json!([]), "{name}");
+        assert_eq!(
+            plan["reviewers"]["warnings"],
+            serde_json::json!([]),
+            "{name}"
+        );
+    }
+
+    // A policy may ask a group at run time that the preview never meets:
+    // this permit only reviews after five step-ups.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.cedar");
+    let base = std::fs::read_to_string(example("release").join("policy.cedar")).unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "{base}\n@id(\"late-smoke-needs-night-shift\")\n@review(\"night-shift\")\npermit (principal, action == Stepgate::Action::\"smoke.run\", resource)\nwhen {{ context.stepups_so_far >= 5 }};\n"
+        ),
+    )
+    .unwrap();
+    let reviewers = dir.path().join("reviewers.yaml");
+    std::fs::write(
+        &reviewers,
+        "groups:\n  security:\n    - spiffe://dev.stepgate.local/human/riley\n",
+    )
+    .unwrap();
+    let (policy, reviewers) = (policy.to_str().unwrap(), reviewers.to_str().unwrap());
+
+    let out = plan_with_reviewers(policy, reviewers, false);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: {reviewers}: review group `night-shift` has no members; policy `late-smoke-needs-night-shift` can send step `smoke-check` to it; review group `release-managers` has no members; policies `production-migration-needs-release-manager`, `production-rollout-needs-release-manager` can send steps `deploy-production`, `migrate-production-db` to it"
+        )
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "reviewers {reviewers}: error: review group `night-shift` has no members"
+        )),
+        "{stdout}"
+    );
+
+    let out = plan_with_reviewers(policy, reviewers, true);
+    assert_eq!(out.status.code(), Some(2));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["reviewers"]["file"], reviewers);
+    assert_eq!(plan["reviewers"]["warnings"], serde_json::json!([]));
+    let errors = plan["reviewers"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[1]["kind"], "no_members");
+    assert_eq!(errors[1]["group"], "release-managers");
+    assert_eq!(
+        errors[1]["steps"],
+        serde_json::json!(["deploy-production", "migrate-production-db"])
+    );
+    assert_eq!(
+        errors[1]["policy_ids"],
+        serde_json::json!([
+            "production-migration-needs-release-manager",
+            "production-rollout-needs-release-manager"
+        ])
+    );
+    assert_eq!(errors[0]["group"], "night-shift");
+    assert_eq!(errors[0]["steps"], serde_json::json!(["smoke-check"]));
+}
+
+#[test]
+fn plan_with_reviewers_warns_when_a_steps_agent_is_its_groups_only_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let reviewers = dir.path().join("reviewers.yaml");
+    std::fs::write(
+        &reviewers,
+        "groups:\n  release-managers:\n    - spiffe://dev.stepgate.local/agent/deployer\n",
+    )
+    .unwrap();
+    let reviewers = reviewers.to_str().unwrap();
+    let out = plan_with_reviewers("examples/release/policy.cedar", reviewers, true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["reviewers"]["errors"], serde_json::json!([]));
+    assert_eq!(
+        plan["reviewers"]["warnings"],
+        serde_json::json!([{
+            "kind": "self_review",
+            "group": "release-managers",
+            "steps": ["deploy-production"],
+            "policy_ids": ["production-rollout-needs-release-manager"],
+            "agent": "spiffe://dev.stepgate.local/agent/deployer",
+            "message": "step `deploy-production`: its agent spiffe://dev.stepgate.local/agent/deployer is the only member of review group `release-managers`, and nobody may review their own step"
+        }])
+    );
+
+    let out = plan_with_reviewers("examples/release/policy.cedar", reviewers, false);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "reviewers {reviewers}: warning: step `deploy-production`: its agent"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// Overwrites the value of record `seq` in the `log` tree through sled.
 fn overwrite_record_with_sled(data: &std::path::Path, seq: u64, bytes: &[u8]) {
     {
