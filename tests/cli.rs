@@ -509,9 +509,12 @@ fn run_with_stdout_closed(args: &[&str]) -> Output {
 
 #[test]
 fn a_closed_stdout_ends_every_printing_command_with_141_and_no_panic() {
-    let (_dir, data) = data_dir_with_events(3);
+    let (dir, data) = data_dir_with_events(3);
     let data = data.to_str().unwrap();
-    let commands: [&[&str]; 5] = [
+    let demo_data = dir.path().join("demo");
+    let demo_data = demo_data.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["demo", "examples/release", "--approve", "--data", demo_data],
         &["audit", "timeline", "--data", data],
         &["audit", "verify", "--data", data, "--json"],
         &["keys", "jwks", "--data", data],
@@ -531,6 +534,27 @@ fn a_closed_stdout_ends_every_printing_command_with_141_and_no_panic() {
         assert_eq!(stderr, "", "{args:?}");
         assert_eq!(out.status.code(), Some(141), "{args:?}");
     }
+}
+
+#[test]
+fn a_full_stdout_is_an_environment_failure_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["validate", "examples/release/workflow.yaml"])
+        .current_dir(root())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write to stdout: "),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(3));
 }
 
 #[test]
