@@ -25,8 +25,9 @@ pub enum AuditError {
     /// The data directory could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The chain is broken; the first bad record is named.
-    #[error("chain broken: {0}")]
+    /// The chain is broken or a record does not decode; the first bad
+    /// record is named.
+    #[error("`{tree}` tree: {0}", tree = crate::store::LOG_TREE)]
     Chain(#[from] ChainError),
     /// The events do not replay into a consistent state.
     #[error("replay: {0}")]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Event, Millis};
+use crate::text::escape_controls;
 
 /// Version of the record body format written by this build.
 pub const LOG_VERSION: u16 = 1;
@@ -58,7 +59,8 @@ pub struct Entry {
 /// Why a record does not belong where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
-    /// The record could not be decoded.
+    /// The record could not be decoded (garbage or truncated bytes); the
+    /// decoder's words are quoted with control characters escaped.
     #[error("seq {seq}: record does not decode: {reason}")]
     Decode {
         /// Sequence number (from the key).
@@ -196,7 +198,7 @@ impl Verifier {
         }
         let decode = |reason: String| ChainError::Decode {
             seq: key_seq,
-            reason,
+            reason: escape_controls(&reason),
         };
         let record: Record = rmp_serde::from_slice(bytes).map_err(|e| decode(e.to_string()))?;
         let body: Body = rmp_serde::from_slice(&record.body).map_err(|e| decode(e.to_string()))?;
@@ -237,7 +239,7 @@ impl Verifier {
 pub fn decode(key_seq: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
     let decode = |reason: String| ChainError::Decode {
         seq: key_seq,
-        reason,
+        reason: escape_controls(&reason),
     };
     let record: Record = rmp_serde::from_slice(bytes).map_err(|e| decode(e.to_string()))?;
     let body: Body = rmp_serde::from_slice(&record.body).map_err(|e| decode(e.to_string()))?;

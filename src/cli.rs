@@ -5,7 +5,9 @@
 //! - `1` the command ran and the answer is "no" (a run that did not
 //!   complete, a token that does not verify, a broken audit chain);
 //! - `2` bad input (a file that does not validate, bad arguments);
-//! - `3` the environment failed (data directory unreadable or locked).
+//! - `3` the environment failed (data directory unreadable or locked);
+//! - `141` stdout was closed by its reader (`stepgate ... | head -1`): the
+//!   command stops printing and exits without a message (see [`crate::out`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,11 +18,14 @@ use serde_json::json;
 use crate::audit;
 use crate::demo::{self, ReviewMode};
 use crate::engine::RunStatus;
-use crate::plan::preview;
+use crate::out::{OutputError, CLOSED_EXIT};
+use crate::outln;
+use crate::plan::{check_reviewers, preview, Plan, ReviewerCheck};
 use crate::policy::{Outcome, PolicySet};
+use crate::review::Reviewers;
 use crate::service::SIGNING_KEY;
 use crate::spiffe::SpiffeId;
-use crate::store::Store;
+use crate::store::{Store, LOG_TREE};
 use crate::token::{self, Jwks, KeyPair, VerifyOptions};
 use crate::workflow::Workflow;
 
@@ -38,6 +43,21 @@ impl CliError {
         Self {
             code,
             error: error.into(),
+        }
+    }
+
+    /// True when the command stopped because stdout was closed by its
+    /// reader; nothing more should be printed.
+    pub fn is_closed_stdout(&self) -> bool {
+        OutputError::is_closed(self.error.as_ref())
+    }
+}
+
+impl From<OutputError> for CliError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Closed => CliError::new(CLOSED_EXIT, e),
+            OutputError::Io(_) => env(e),
         }
     }
 }
@@ -86,6 +106,10 @@ enum Command {
         /// Cedar policy file.
         #[arg(long)]
         policy: PathBuf,
+        /// Reviewers file: every review group the policy can ask for on
+        /// this workflow must have members (exit 2 when one has none).
+        #[arg(long)]
+        reviewers: Option<PathBuf>,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -225,9 +249,25 @@ enum AuditCommand {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    dispatch(cli).await.map_err(|mut e| {
+        // However deep the closed pipe was met (the demo wraps it), the
+        // exit status says so.
+        if e.is_closed_stdout() {
+            e.code = CLOSED_EXIT;
+        }
+        e
+    })
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate(&file, json),
-        Command::Plan { file, policy, json } => plan(&file, &policy, json),
+        Command::Plan {
+            file,
+            policy,
+            reviewers,
+            json,
+        } => plan(&file, &policy, reviewers.as_deref(), json),
         Command::Demo(args) => run_demo(args).await,
         Command::Keys {
             command: KeysCommand::Jwks { data },
@@ -268,48 +308,88 @@ fn validate(file: &Path, json: bool) -> Result<(), CliError> {
         Ok(wf) => {
             if json {
                 let out = json!({"valid": true, "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps().len(), "digest": wf.digest()});
-                println!("{out}");
+                outln!("{out}")?;
             } else {
-                println!(
+                outln!(
                     "{}: valid — workflow `{}`, {} steps, {}",
                     file.display(),
                     wf.name,
                     wf.steps().len(),
                     wf.digest()
-                );
+                )?;
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()})
-                );
+                )?;
             }
             Err(input(e))
         }
     }
 }
 
-fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
+fn plan(file: &Path, policy: &Path, reviewers: Option<&Path>, json: bool) -> Result<(), CliError> {
     let wf = Workflow::load(file).map_err(input)?;
     let policy =
         PolicySet::load(policy, wf.steps().iter().map(|s| s.action.as_str())).map_err(input)?;
     let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
-    let (plan, _) = preview(&wf, &policy, "plan", now);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&plan).map_err(no)?);
-        return Ok(());
+    let (mut plan, _) = preview(&wf, &policy, "plan", now);
+    if let Some(path) = reviewers {
+        let people = Reviewers::load(path).map_err(input)?;
+        let file = path.display().to_string();
+        plan.reviewers = Some(check_reviewers(&wf, &policy, &people, &file));
     }
-    println!(
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&plan).map_err(no)?)?;
+    } else {
+        print_plan(&plan, &policy)?;
+    }
+    match &plan.reviewers {
+        Some(check) if !check.errors.is_empty() => Err(reviewer_errors(check)),
+        _ => Ok(()),
+    }
+}
+
+fn print_plan(plan: &Plan, policy: &PolicySet) -> Result<(), CliError> {
+    outln!(
         "plan for `{}` ({}) under {} ({})",
         plan.workflow,
         plan.workflow_digest,
         policy.source(),
         plan.policy_digest
-    );
-    println!();
+    )?;
+    outln!()?;
+    print_steps(plan)?;
+    outln!()?;
+    if plan.batches.is_empty() {
+        outln!("review batches: none — no step needs review")?;
+    }
+    for (i, b) in plan.batches.iter().enumerate() {
+        outln!(
+            "review batch {}: group `{}` reviews {} together",
+            i + 1,
+            b.group,
+            b.steps.join(" → ")
+        )?;
+    }
+    if plan.denied() > 0 {
+        outln!()?;
+        outln!(
+            "{} step(s) would be denied; a run would stop there",
+            plan.denied()
+        )?;
+    }
+    if let Some(check) = &plan.reviewers {
+        print_reviewer_check(check)?;
+    }
+    Ok(())
+}
+
+fn print_steps(plan: &Plan) -> Result<(), CliError> {
     let width = plan
         .steps
         .iter()
@@ -317,10 +397,12 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "  {:<width$}  {:<8}  {:<8}  policies / reason",
-        "step", "risk", "decision"
-    );
+        "step",
+        "risk",
+        "decision"
+    )?;
     for s in &plan.steps {
         let label = match &s.decision.outcome {
             Outcome::StepUp { group } => format!("step-up → {group}"),
@@ -331,28 +413,32 @@ fn plan(file: &Path, policy: &Path, json: bool) -> Result<(), CliError> {
         } else {
             s.decision.policy_ids.join(", ")
         };
-        println!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label);
-    }
-    println!();
-    if plan.batches.is_empty() {
-        println!("review batches: none — no step needs review");
-    }
-    for (i, b) in plan.batches.iter().enumerate() {
-        println!(
-            "review batch {}: group `{}` reviews {} together",
-            i + 1,
-            b.group,
-            b.steps.join(" → ")
-        );
-    }
-    if plan.denied() > 0 {
-        println!();
-        println!(
-            "{} step(s) would be denied; a run would stop there",
-            plan.denied()
-        );
+        outln!("  {:<width$}  {:<8}  {:<8}  {why}", s.step, s.risk, label)?;
     }
     Ok(())
+}
+
+fn print_reviewer_check(check: &ReviewerCheck) -> Result<(), CliError> {
+    outln!()?;
+    if check.errors.is_empty() && check.warnings.is_empty() {
+        outln!(
+            "reviewers {}: every review group the policy can ask for has members",
+            check.file
+        )?;
+    }
+    for f in &check.errors {
+        outln!("reviewers {}: error: {}", check.file, f.message)?;
+    }
+    for f in &check.warnings {
+        outln!("reviewers {}: warning: {}", check.file, f.message)?;
+    }
+    Ok(())
+}
+
+/// Bad input: the reviewers file lacks groups the policy can ask for.
+fn reviewer_errors(check: &ReviewerCheck) -> CliError {
+    let messages: Vec<&str> = check.errors.iter().map(|f| f.message.as_str()).collect();
+    input(anyhow::anyhow!("{}: {}", check.file, messages.join("; ")))
 }
 
 async fn run_demo(args: DemoArgs) -> Result<(), CliError> {
@@ -413,7 +499,7 @@ fn jwks(data: &Path) -> Result<(), CliError> {
     let jwks = Jwks {
         keys: vec![key.public_jwk()],
     };
-    println!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?);
+    outln!("{}", serde_json::to_string_pretty(&jwks).map_err(no)?)?;
     Ok(())
 }
 
@@ -450,16 +536,16 @@ fn verify_token(
     ) {
         Ok(claims) => {
             if json {
-                println!("{}", json!({"valid": true, "claims": claims}));
+                outln!("{}", json!({"valid": true, "claims": claims}))?;
             } else {
-                println!("valid step token");
-                println!("{}", serde_json::to_string_pretty(&claims).map_err(no)?);
+                outln!("valid step token")?;
+                outln!("{}", serde_json::to_string_pretty(&claims).map_err(no)?)?;
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!("{}", json!({"valid": false, "error": e.to_string()}));
+                outln!("{}", json!({"valid": false, "error": e.to_string()}))?;
             }
             Err(no(e))
         }
@@ -479,21 +565,23 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
                 }
             }
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &json!({"ok": report.findings.is_empty(), "report": report})
                     )
                     .map_err(no)?
-                );
+                )?;
             } else {
-                println!("chain ok: {} events, head {}", report.events, report.head);
-                println!(
+                outln!("chain ok: {} events, head {}", report.events, report.head)?;
+                outln!(
                     "{} runs, {} batches, {} tokens",
-                    report.runs, report.batches, report.tokens
-                );
+                    report.runs,
+                    report.batches,
+                    report.tokens
+                )?;
                 for f in &report.findings {
-                    println!("FINDING: {f}");
+                    outln!("FINDING: {f}")?;
                 }
             }
             if report.findings.is_empty() {
@@ -504,16 +592,22 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
         }
         Err(audit::AuditError::Chain(e)) => {
             if json {
-                println!(
+                outln!(
+                    "{}",
+                    json!({"ok": false, "first_bad_seq": e.seq(), "tree": LOG_TREE, "error": e.to_string()})
+                )?;
+            }
+            Err(no(anyhow::anyhow!(
+                "chain broken at seq {}: `{LOG_TREE}` tree: {e}",
+                e.seq()
+            )))
+        }
+        Err(audit::AuditError::Store(e)) if e.is_corruption() => {
+            if json {
+                outln!(
                     "{}",
                     json!({"ok": false, "first_bad_seq": e.seq(), "error": e.to_string()})
-                );
-            }
-            Err(no(anyhow::anyhow!("chain broken at seq {}: {e}", e.seq())))
-        }
-        Err(audit::AuditError::Store(e)) if is_corruption(&e) => {
-            if json {
-                println!("{}", json!({"ok": false, "error": e.to_string()}));
+                )?;
             }
             Err(no(anyhow::anyhow!(
                 "the data directory is corrupted or was tampered with below the log: {e}"
@@ -521,7 +615,7 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
         }
         Err(e @ audit::AuditError::Store(_)) => {
             if json {
-                println!("{}", json!({"ok": false, "error": e.to_string()}));
+                outln!("{}", json!({"ok": false, "error": e.to_string()}))?;
             }
             Err(env(e))
         }
@@ -529,23 +623,17 @@ fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<()
     }
 }
 
-/// sled reports damaged files as corruption: for an auditor that is a
-/// "no", not an environment failure.
-fn is_corruption(e: &crate::store::StoreError) -> bool {
-    use crate::store::StoreError;
+/// Audit failures: an unreadable directory is the environment's fault; a
+/// damaged or tampered one is the answer "no".
+fn audit_error(e: audit::AuditError) -> CliError {
     match e {
-        StoreError::Open { source, .. } | StoreError::Io(source) => {
-            matches!(source, sled::Error::Corruption { .. })
-        }
-        _ => false,
+        audit::AuditError::Store(ref s) if !s.is_corruption() => env(e),
+        other => no(other),
     }
 }
 
 fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<(), CliError> {
-    let entries = audit::read_verified(data).map_err(|e| match e {
-        audit::AuditError::Store(_) => env(e),
-        other => no(other),
-    })?;
+    let entries = audit::read_verified(data).map_err(audit_error)?;
     let lines = audit::timeline(&entries, run);
     if run.is_some() && lines.is_empty() {
         return Err(input(anyhow::anyhow!(
@@ -555,14 +643,14 @@ fn audit_timeline(data: &Path, run: Option<uuid::Uuid>, json: bool) -> Result<()
     }
     for line in &lines {
         if json {
-            println!("{}", serde_json::to_string(line).map_err(no)?);
+            outln!("{}", serde_json::to_string(line).map_err(no)?)?;
         } else {
-            println!(
+            outln!(
                 "{}  #{:<5} {}",
                 audit::fmt_time(line.at),
                 line.seq,
                 line.text
-            );
+            )?;
         }
     }
     Ok(())
@@ -574,10 +662,7 @@ fn audit_tokens(
     scope: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
-    let entries = audit::read_verified(data).map_err(|e| match e {
-        audit::AuditError::Store(_) => env(e),
-        other => no(other),
-    })?;
+    let entries = audit::read_verified(data).map_err(audit_error)?;
     let engine =
         crate::engine::Engine::replay(entries.iter().map(|e| (e.at, &e.event))).map_err(no)?;
     let state = engine.state();
@@ -598,13 +683,13 @@ fn audit_tokens(
     };
     for t in tokens {
         if json {
-            println!("{}", serde_json::to_string(t).map_err(no)?);
+            outln!("{}", serde_json::to_string(t).map_err(no)?)?;
         } else {
             let approval = t
                 .approval
                 .map(|b| format!(" approval {b}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{}  {} → {}  run {} step `{}` {} [{}] aud {}{approval}",
                 t.jti,
                 audit::fmt_time(t.iat),
@@ -614,7 +699,7 @@ fn audit_tokens(
                 t.sub,
                 t.scopes.join(" "),
                 t.aud
-            );
+            )?;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@
 //! same token, replayed after the step, is refused. The run ends with an
 //! offline verification of the audit chain.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{Config, DecisionReply, RunStatus, TokenReply};
 use crate::guard::Guard;
 use crate::identity::DevTrustDomain;
+use crate::out::OutputError;
+use crate::outln;
 use crate::policy::PolicySet;
 use crate::review::Reviewers;
 use crate::service::{self, BatchView, Settings};
@@ -164,56 +166,72 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         audience: config.svid_audience.clone(),
     };
     let handle = service::start(store, settings, clock.clone()).await?;
-    print_header(&example, &opts, handle.kid());
-
-    let result = match &opts.nats {
-        None => {
-            let transport = InProcess::new(handle.clone());
-            drive(&example, &opts, &players, &transport, &requester, &config).await
-        }
-        Some(url) => {
-            // The engine serves on NATS; every agent and reviewer of the
-            // demo talks to it over NATS, as separate processes would.
-            let client = crate::nats::connect(url, Duration::from_secs(10)).await?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = crate::nats::Server::start(client, handle.clone()).await?;
-            let server = tokio::spawn(server.serve(async {
-                let _ = stopped.await;
-            }));
-            println!("  nats      {url} (engine serving; agents and reviewers connect as clients)");
-            let transport =
-                crate::nats::NatsTransport::connect(url, Duration::from_secs(10)).await?;
-            let result = drive(&example, &opts, &players, &transport, &requester, &config).await;
-            let _ = stop.send(());
-            let _ = server.await;
-            result
-        }
-    };
+    // Shut the service down however the run ends, also when stdout closes.
+    let result = serve_and_play(&example, &opts, &players, &handle, &requester, &config).await;
     handle.shutdown().await;
     let (run, status) = result?;
 
     let report = audit::verify(&opts.data)?;
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "audit  chain of {} events verified; head {}",
-        report.events, report.head
-    );
+        report.events,
+        report.head
+    )?;
     if report.findings.is_empty() {
-        println!("audit  every elevated token carries an approval of its own step");
+        outln!("audit  every elevated token carries an approval of its own step")?;
     }
     for f in &report.findings {
-        println!("audit  FINDING: {f}");
+        outln!("audit  FINDING: {f}")?;
     }
-    println!(
+    outln!(
         "       replay offline: stepgate audit timeline --data {} --run {run}",
         opts.data.display()
-    );
+    )?;
     Ok(Outcome {
         run,
         status,
         events: report.events,
         findings: report.findings,
     })
+}
+
+/// Prints the header, then plays the run on the in-process transport or,
+/// with `--nats`, serves the engine there and plays over NATS.
+async fn serve_and_play(
+    example: &Example,
+    opts: &Options,
+    players: &Players,
+    handle: &service::Handle,
+    requester: &SpiffeId,
+    config: &Config,
+) -> anyhow::Result<(Uuid, RunStatus)> {
+    print_header(example, opts, handle.kid())?;
+    match &opts.nats {
+        None => {
+            let transport = InProcess::new(handle.clone());
+            drive(example, opts, players, &transport, requester, config).await
+        }
+        Some(url) => {
+            // The engine serves on NATS; every agent and reviewer of the
+            // demo talks to it over NATS, as separate processes would.
+            // Everything that can fail comes before the engine task starts,
+            // so an early return leaves nothing serving.
+            let client = crate::nats::connect(url, Duration::from_secs(10)).await?;
+            let transport =
+                crate::nats::NatsTransport::connect(url, Duration::from_secs(10)).await?;
+            outln!("  nats      {url} (engine serving; agents and reviewers connect as clients)")?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = crate::nats::Server::start(client, handle.clone()).await?;
+            let server = tokio::spawn(server.serve(async {
+                let _ = stopped.await;
+            }));
+            let result = drive(example, opts, players, &transport, requester, config).await;
+            let _ = stop.send(());
+            let _ = server.await;
+            result
+        }
+    }
 }
 
 async fn drive<T: Transport + Clone + 'static>(
@@ -232,30 +250,35 @@ async fn drive<T: Transport + Clone + 'static>(
     result
 }
 
-fn print_header(example: &Example, opts: &Options, kid: &str) {
+fn print_header(example: &Example, opts: &Options, kid: &str) -> Result<(), OutputError> {
     let wf = &example.workflow;
-    println!("stepgate demo — {} ({} steps)", wf.name, wf.steps().len());
-    println!(
+    outln!("stepgate demo — {} ({} steps)", wf.name, wf.steps().len())?;
+    outln!(
         "  workflow  {} {}",
         opts.example.join("workflow.yaml").display(),
         wf.digest()
-    );
-    println!(
+    )?;
+    outln!(
         "  policy    {} {}",
         example.policy.source(),
         example.policy.digest()
-    );
-    println!("  data      {} (signing key {kid})", opts.data.display());
-    println!();
+    )?;
+    outln!("  data      {} (signing key {kid})", opts.data.display())?;
+    outln!()
 }
 
 async fn print_events(mut rx: tokio::sync::broadcast::Receiver<crate::chain::Entry>) {
     while let Ok(entry) = rx.recv().await {
-        println!(
+        let line = outln!(
             "    log #{:<4} {}",
             entry.seq,
             audit::describe(&entry.event)
         );
+        // Nobody reads the log lines any more; the run itself goes on
+        // until its own next line finds stdout closed.
+        if line.is_err() {
+            break;
+        }
     }
 }
 
@@ -272,25 +295,25 @@ async fn play<T: Transport + Clone + 'static>(
         .start_run(&players.svid(requester)?, &example.workflow_text)
         .await?;
     let run = started.run;
-    println!(
+    outln!(
         "run {run} started by {requester}; {} review batch(es) opened",
         started.batches.len()
-    );
+    )?;
     settle().await;
 
     let jwks = client.jwks().await?;
     let total = example.workflow.steps().len();
     for (index, step) in example.workflow.topo_order().enumerate() {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "[{}/{total}] step `{}` — {} on {}",
             index + 1,
             step.id,
             step.action,
             step.resource
-        );
-        println!("      agent   {}", step.agent);
-        println!("      intent  {}", step.intent);
+        )?;
+        outln!("      agent   {}", step.agent)?;
+        outln!("      intent  {}", step.intent)?;
         let agent = AgentClient::new(transport.clone(), players.svid(&step.agent)?);
         let scopes = step.scopes.to_strings();
 
@@ -301,7 +324,7 @@ async fn play<T: Transport + Clone + 'static>(
         settle().await;
         let reply = match first {
             TokenReply::Pending { batch, group } => {
-                println!("      pending review by `{group}` (batch {batch}); the agent waits for the decision");
+                outln!("      pending review by `{group}` (batch {batch}); the agent waits for the decision")?;
                 let reviewer_task = review(opts, players, transport, batch, &group, example);
                 let waiting = async {
                     await_batch(events, run, batch, Duration::from_secs(900)).await?;
@@ -330,11 +353,11 @@ async fn play<T: Transport + Clone + 'static>(
                 let approval = approval
                     .map(|b| format!(" (approved in batch {b})"))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "      token   {jti} [{}] until {}{approval}",
                     scopes.join(" "),
                     audit::fmt_time(exp)
-                );
+                )?;
                 let guard = Guard {
                     issuer: config.issuer.clone(),
                     audience: step.resource.clone(),
@@ -345,7 +368,7 @@ async fn play<T: Transport + Clone + 'static>(
                 let status = client.introspect(&token).await?;
                 match guard.check(&token, &scope, now, &status) {
                     Ok(_) => {
-                        println!("      tool    accepted the token for `{scope}`; doing the work")
+                        outln!("      tool    accepted the token for `{scope}`; doing the work")?
                     }
                     Err(e) => bail!("step `{}`: the tool refused a fresh token: {e}", step.id),
                 }
@@ -355,9 +378,7 @@ async fn play<T: Transport + Clone + 'static>(
                 settle().await;
                 let status = client.introspect(&token).await?;
                 match guard.check(&token, &scope, players.clock.now() / 1000, &status) {
-                    Err(e) => {
-                        println!("      replay  the same token after the step: refused — {e}")
-                    }
+                    Err(e) => outln!("      replay  the same token after the step: refused — {e}")?,
                     Ok(_) => bail!(
                         "step `{}`: a token was still accepted after its step ended",
                         step.id
@@ -365,7 +386,7 @@ async fn play<T: Transport + Clone + 'static>(
                 }
             }
             TokenReply::Denied { reason, .. } => {
-                println!("      denied  {reason}");
+                outln!("      denied  {reason}")?;
                 agent
                     .fail(run, &step.id, &format!("no token: {reason}"))
                     .await?;
@@ -373,24 +394,24 @@ async fn play<T: Transport + Clone + 'static>(
                 break;
             }
             TokenReply::Rejected { kind, reason } => {
-                println!("      rejected ({}) {reason}", kind.as_str());
+                outln!("      rejected ({}) {reason}", kind.as_str())?;
                 agent.fail(run, &step.id, &reason).await?;
                 settle().await;
                 break;
             }
             TokenReply::Paused { reason } => {
-                println!("      paused  {reason}");
+                outln!("      paused  {reason}")?;
                 break;
             }
             TokenReply::Pending { batch, .. } => bail!("batch {batch} is still pending"),
         }
     }
     let view = client.run(run).await?;
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "run {run} {}",
         serde_json::to_string(&view.status)?.trim_matches('"')
-    );
+    )?;
     Ok((run, view.status))
 }
 
@@ -419,7 +440,7 @@ async fn review<T: Transport + Clone + 'static>(
     };
     let reviewer = ReviewerClient::new(transport.clone(), players.svid(&reviewer_id)?);
     let view = reviewer.batch(batch).await?;
-    show_batch(&view, &reviewer_id);
+    show_batch(&view, &reviewer_id)?;
     let approve = match opts.review {
         ReviewMode::Approve => true,
         ReviewMode::Deny => false,
@@ -441,10 +462,10 @@ async fn review<T: Transport + Clone + 'static>(
         .await?
     {
         DecisionReply::Applied { approved, .. } => {
-            println!(
+            outln!(
                 "      review  batch {} by {reviewer_id}",
                 if approved { "APPROVED" } else { "DENIED" }
-            );
+            )?;
             Ok(())
         }
         DecisionReply::Refused { kind, reason } => {
@@ -453,29 +474,32 @@ async fn review<T: Transport + Clone + 'static>(
     }
 }
 
-fn show_batch(view: &BatchView, reviewer: &SpiffeId) {
-    println!();
-    println!(
+fn show_batch(view: &BatchView, reviewer: &SpiffeId) -> Result<(), OutputError> {
+    outln!()?;
+    outln!(
         "      ┌ review batch {} — group `{}`, reviewer {reviewer}",
-        view.batch, view.group
-    );
-    println!(
+        view.batch,
+        view.group
+    )?;
+    outln!(
         "      │ run {} of `{}` requested by {}",
-        view.run, view.workflow, view.requester
-    );
+        view.run,
+        view.workflow,
+        view.requester
+    )?;
     for item in &view.items {
-        println!(
+        outln!(
             "      │ • {} ({} risk): {} on {}",
             item.step,
             item.risk.as_str(),
             item.action,
             item.resource
-        );
-        println!("      │     scopes  {}", item.scopes.join(" "));
-        println!("      │     intent  {}", item.intent);
-        println!("      │     policy  {}", item.policy_ids.join(", "));
+        )?;
+        outln!("      │     scopes  {}", item.scopes.join(" "))?;
+        outln!("      │     intent  {}", item.intent)?;
+        outln!("      │     policy  {}", item.policy_ids.join(", "))?;
     }
-    println!("      └ binding {}", view.binding);
+    outln!("      └ binding {}", view.binding)
 }
 
 async fn ask(prompt: &str) -> anyhow::Result<bool> {
@@ -484,8 +508,8 @@ async fn ask(prompt: &str) -> anyhow::Result<bool> {
     }
     let prompt = prompt.to_string();
     tokio::task::spawn_blocking(move || {
-        print!("{prompt}");
-        std::io::stdout().flush()?;
+        crate::out::write(format_args!("{prompt}"))?;
+        crate::out::flush()?;
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))

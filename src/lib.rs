@@ -11,7 +11,8 @@
 //! [`review`], [`plan`], [`event`], [`chain`], [`engine`]) does no I/O and
 //! reads no clock. Around it: [`store`] (sled), [`token`] and [`identity`]
 //! (signatures), [`service`] (the task that owns the engine), [`bus`] and
-//! [`client`] (transports and clients), [`audit`], [`demo`] and [`cli`].
+//! [`client`] (transports and clients), [`audit`], [`demo`] and [`cli`]
+//! (whose output goes through [`out`]).
 //!
 //! See README.md for the file formats, the token claims and the CLI.
 
@@ -28,6 +29,7 @@ pub mod event;
 pub mod guard;
 pub mod identity;
 pub mod nats;
+pub mod out;
 pub mod plan;
 pub mod policy;
 pub mod remote;

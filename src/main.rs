@@ -1,5 +1,6 @@
 //! The `stepgate` binary; everything lives in the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,8 +17,11 @@ async fn main() -> ExitCode {
     let cli = stepgate::cli::Cli::parse();
     match stepgate::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away: say nothing, as a process ended by SIGPIPE.
+        Err(e) if e.is_closed_stdout() => ExitCode::from(e.code),
         Err(e) => {
-            eprintln!("error: {}", one_message(&e.error));
+            // A closed stderr must not turn into a panic either.
+            let _ = writeln!(std::io::stderr(), "error: {}", one_message(&e.error));
             ExitCode::from(e.code)
         }
     }

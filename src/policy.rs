@@ -11,25 +11,33 @@
 //! - **deny**: a `forbid` matched, no `permit` matched, or evaluation hit
 //!   an error. An error always ends in deny, whatever else matched.
 //!
-//! Every policy carries `@id("...")`; decisions name the ids that decided
-//! them and the digest of the policy set, so an auditor can tell which
-//! rules were in force. The set is validated in strict mode against the
-//! shipped schema at load. This module does no I/O beyond [`PolicySet::load`].
+//! Every policy carries `@id("...")`, unique in the set and made of 1 to
+//! [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 . _ : -`; decisions name the
+//! ids that decided them and the digest of the policy set, so an auditor
+//! can tell which rules were in force (`annotations` reads and checks
+//! them). The set is validated in strict mode against the shipped schema
+//! at load, in time near-linear in the number of actions (`schema` says
+//! how). This module does no I/O beyond [`PolicySet::load`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
-    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Request, RestrictedExpression,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::scope::ScopeSet;
 use crate::spiffe::SpiffeId;
+
+mod annotations;
+mod reach;
+mod schema;
+
+pub use annotations::{valid_id, Place, MAX_ID_LEN};
 
 /// The Cedar schema every policy set is validated against.
 pub const BASE_SCHEMA: &str = include_str!("../schemas/stepgate.cedarschema");
@@ -69,20 +77,36 @@ pub enum PolicyError {
         message: String,
     },
     /// A policy lacks the `@id` annotation.
-    #[error("{file}: policy {position} has no `@id(\"...\")` annotation")]
+    #[error("{file}: {at} has no `@id(\"...\")` annotation")]
     MissingId {
         /// The policy file.
         file: String,
-        /// 1-based position of the policy in the file.
-        position: usize,
+        /// Where the policy is.
+        at: Place,
+    },
+    /// An `@id` value is not an id (see [`valid_id`]).
+    #[error(
+        "{file}: {at}: `@id(\"{value}\")` is not an id: use 1-{MAX_ID_LEN} of A-Z a-z 0-9 . _ : -"
+    )]
+    BadId {
+        /// The policy file.
+        file: String,
+        /// Where the policy is.
+        at: Place,
+        /// The refused value, escaped and cut to 64 characters.
+        value: String,
     },
     /// Two policies carry the same `@id`.
-    #[error("{file}: two policies have `@id(\"{id}\")`")]
+    #[error("{file}: {at}: `@id(\"{id}\")` is already the id of {first}")]
     DuplicateId {
         /// The policy file.
         file: String,
         /// The repeated id.
         id: String,
+        /// Where the second policy is.
+        at: Place,
+        /// Where the first policy with that id is.
+        first: Place,
     },
     /// A `@review` annotation is misplaced or malformed.
     #[error("{file}: policy `{id}`: {message}")]
@@ -296,13 +320,11 @@ impl PolicySet {
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Template { file });
         }
-        let (set, review) = rename_by_annotation(&file, &parsed)?;
+        let (set, review) = annotations::rename_by_annotation(&file, text, &parsed)?;
 
         let mut declared: BTreeSet<String> = actions.into_iter().map(str::to_string).collect();
-        declared.extend(actions_named(&set));
-        let schema = schema_with_actions(&declared)?;
-        let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
-        let messages: Vec<String> = result.validation_errors().map(|e| one_line(e)).collect();
+        declared.extend(schema::actions_named(&set));
+        let messages = schema::validate(&set, &declared)?;
         if !messages.is_empty() {
             return Err(PolicyError::Invalid { file, messages });
         }
@@ -329,6 +351,29 @@ impl PolicySet {
         let mut ids: Vec<String> = self.set.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         ids
+    }
+
+    /// The `@review` permits whose scope admits `agent` doing `action` on
+    /// `resource`, as `(policy id, group)` sorted by id: the reviewer
+    /// groups a request of that step can be sent to. Conditions are not
+    /// evaluated, so a permit counts whenever its scope fits.
+    pub fn review_groups_for(
+        &self,
+        agent: &SpiffeId,
+        action: &str,
+        resource: &str,
+    ) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .set
+            .policies()
+            .filter(|p| reach::admits(p, agent.as_str(), action, resource))
+            .filter_map(|p| {
+                let id = p.id().to_string();
+                self.review.get(&id).map(|group| (id, group.clone()))
+            })
+            .collect();
+        found.sort();
+        found
     }
 
     /// Decides one request. Never fails: every error is a deny that
@@ -410,100 +455,6 @@ impl PolicySet {
     }
 }
 
-/// Gives each policy the id of its `@id` annotation and collects the
-/// `@review` groups of permits.
-fn rename_by_annotation(
-    file: &str,
-    parsed: &cedar_policy::PolicySet,
-) -> Result<(cedar_policy::PolicySet, BTreeMap<String, String>), PolicyError> {
-    // Cedar numbers policies `policy0`, `policy1`... in file order.
-    let mut policies: Vec<&Policy> = parsed.policies().collect();
-    policies.sort_by_key(|p| {
-        p.id().to_string()[6..]
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
-
-    let mut set = cedar_policy::PolicySet::new();
-    let mut review = BTreeMap::new();
-    for (index, policy) in policies.into_iter().enumerate() {
-        let id = policy
-            .annotation("id")
-            .filter(|id| !id.trim().is_empty())
-            .ok_or(PolicyError::MissingId {
-                file: file.to_string(),
-                position: index + 1,
-            })?
-            .to_string();
-        if let Some(group) = policy.annotation("review") {
-            check_review(file, &id, group, policy.effect())?;
-            review.insert(id.clone(), group.to_string());
-        }
-        set.add(policy.new_id(PolicyId::new(&id)))
-            .map_err(|_| PolicyError::DuplicateId {
-                file: file.to_string(),
-                id,
-            })?;
-    }
-    Ok((set, review))
-}
-
-fn check_review(file: &str, id: &str, group: &str, effect: Effect) -> Result<(), PolicyError> {
-    let bad = |message: &str| PolicyError::BadReview {
-        file: file.to_string(),
-        id: id.to_string(),
-        message: message.to_string(),
-    };
-    if effect == Effect::Forbid {
-        return Err(bad("`@review` only applies to `permit` policies"));
-    }
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
-    if group.is_empty() || group.len() > 64 || !group.chars().all(ok) {
-        return Err(bad(
-            "`@review` must name a reviewer group: 1-64 of a-z 0-9 - _",
-        ));
-    }
-    Ok(())
-}
-
-/// Action ids named in the policies' action constraints.
-fn actions_named(set: &cedar_policy::PolicySet) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for policy in set.policies() {
-        let uids = match policy.action_constraint() {
-            ActionConstraint::Any => vec![],
-            ActionConstraint::Eq(uid) => vec![uid],
-            ActionConstraint::In(uids) => uids,
-        };
-        for uid in uids {
-            if uid.type_name().to_string() == format!("{NAMESPACE}::Action") {
-                names.insert(uid.id().unescaped().to_string());
-            }
-        }
-    }
-    names
-}
-
-/// The base schema plus one declaration per action.
-fn schema_with_actions(actions: &BTreeSet<String>) -> Result<Schema, PolicyError> {
-    // Declarations go inside the base schema's namespace block: Cedar
-    // refuses a second block of the same namespace.
-    let close = BASE_SCHEMA
-        .rfind('}')
-        .ok_or_else(|| PolicyError::Schema("base schema has no namespace block".into()))?;
-    let mut text = BASE_SCHEMA[..close].to_string();
-    for action in actions {
-        let escaped = action.replace('\\', "\\\\").replace('"', "\\\"");
-        text.push_str(&format!(
-            "  action \"{escaped}\" appliesTo {{ principal: [Agent], resource: [Resource], context: StepContext }};\n"
-        ));
-    }
-    text.push_str("}\n");
-    Schema::from_cedarschema_str(&text)
-        .map(|(schema, _)| schema)
-        .map_err(|e| PolicyError::Schema(one_line(&e)))
-}
-
 fn build_request(facts: &Facts<'_>) -> Result<(Request, Entities), String> {
     let agent = uid("Agent", facts.agent.as_str())?;
     let resource = uid("Resource", facts.resource)?;
@@ -558,12 +509,12 @@ pub fn sha256_text(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
-/// Cedar's errors span lines; events and logs want one.
+/// Cedar's errors span lines; events and logs want one, and none of them
+/// may carry a raw control character out of a policy file.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let text = e.to_string();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    crate::text::escape_controls(&words.join(" "))
 }
 
 #[cfg(test)]
@@ -693,7 +644,13 @@ mod tests {
         let no_id = "permit (principal, action, resource);";
         assert!(matches!(
             PolicySet::parse("p.cedar", no_id, ["deploy"]),
-            Err(PolicyError::MissingId { position: 1, .. })
+            Err(PolicyError::MissingId {
+                at: Place {
+                    position: 1,
+                    line: Some(1)
+                },
+                ..
+            })
         ));
 
         let dup = r#"@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);"#;
@@ -724,5 +681,113 @@ mod tests {
             PolicySet::parse("p.cedar", template, ["deploy"]),
             Err(PolicyError::Template { .. })
         ));
+    }
+
+    #[test]
+    fn an_id_outside_the_charset_is_refused_naming_file_place_and_the_escaped_value() {
+        let text = "@id(\"ok\")\npermit (principal, action, resource);\n\n// next\n@id(\"wipe\u{1b}[2Jall\")\nforbid (principal, action, resource);\n";
+        let err = PolicySet::parse("p.cedar", text, ["deploy"]).unwrap_err();
+        assert!(matches!(
+            &err,
+            PolicyError::BadId { at: Place { position: 2, line: Some(5) }, value, .. } if value == "wipe\\u{1b}[2Jall"
+        ));
+        assert_eq!(
+            err.to_string(),
+            "p.cedar: policy 2 (line 5): `@id(\"wipe\\u{1b}[2Jall\")` is not an id: use 1-128 of A-Z a-z 0-9 . _ : -"
+        );
+        assert!(!err.to_string().contains('\u{1b}'));
+
+        let long = format!(
+            "@id(\"{}\") permit (principal, action, resource);",
+            "a".repeat(129)
+        );
+        let err = PolicySet::parse("p.cedar", &long, ["deploy"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("p.cedar: policy 1 (line 1): `@id(\"{}... (129 characters)\")` is not an id: use 1-128 of A-Z a-z 0-9 . _ : -", "a".repeat(64))
+        );
+        for bad in ["", " ", "two words", "caf\u{e9}"] {
+            let text = format!("@id(\"{bad}\") permit (principal, action, resource);");
+            assert!(
+                matches!(
+                    PolicySet::parse("p.cedar", &text, ["deploy"]),
+                    Err(PolicyError::BadId { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_id_names_both_places() {
+        let text = "@id(\"a\") permit (principal, action, resource);\n@id(\"b\") permit (principal, action, resource);\n@id(\"a\") forbid (principal, action, resource);\n";
+        let err = PolicySet::parse("p.cedar", text, ["deploy"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.cedar: policy 3 (line 3): `@id(\"a\")` is already the id of policy 1 (line 1)"
+        );
+    }
+
+    /// One permit per action for `n` actions, plus two guardrails that
+    /// apply to every action.
+    fn permit_per_action(n: usize) -> (String, Vec<String>) {
+        let actions: Vec<String> = (0..n).map(|i| format!("svc-{i}.deploy")).collect();
+        let mut text = String::from(
+            "@id(\"g1\") forbid (principal, action, resource) unless { principal.trust_domain == \"example.org\" };\n@id(\"g2\") forbid (principal, action, resource) when { context.stepups_so_far > 3 };\n",
+        );
+        for (i, a) in actions.iter().enumerate() {
+            text.push_str(&format!(
+                "@id(\"p{i}\") permit (principal, action == Stepgate::Action::\"{a}\", resource) when {{ context.risk_level <= 1 }};\n"
+            ));
+        }
+        (text, actions)
+    }
+
+    #[test]
+    fn validating_one_permit_per_action_typechecks_linearly_not_quadratically() {
+        // Regression: every policy was typechecked under every action, so
+        // 2,000 one-action permits cost 2,002 x 2,000 typechecks.
+        let (text, actions) = permit_per_action(2000);
+        let parsed = cedar_policy::PolicySet::from_str(&text).unwrap();
+        let declared: BTreeSet<String> = actions.into_iter().collect();
+        let checks = schema::plan(&parsed, &declared);
+        let typechecks: usize = checks.iter().map(schema::Check::typechecks).sum();
+        // Two guardrails under all 2,000 actions; 125 chunks of 16 permits
+        // under their 16 actions.
+        assert_eq!(checks.len(), 1 + 2000 / schema::CHUNK);
+        assert_eq!(typechecks, 2 * 2000 + 125 * 16 * 16);
+    }
+
+    #[test]
+    fn chunked_validation_still_finds_errors_in_any_chunk_and_undeclared_actions() {
+        let (mut text, actions) = permit_per_action(40);
+        let names = || actions.iter().map(String::as_str);
+        assert!(PolicySet::parse("p.cedar", &text, names()).is_ok());
+
+        // A type error in the last chunk.
+        let typo = text.replace(
+            "@id(\"p37\") permit (principal, action == Stepgate::Action::\"svc-37.deploy\", resource) when { context.risk_level <= 1 }",
+            "@id(\"p37\") permit (principal, action == Stepgate::Action::\"svc-37.deploy\", resource) when { context.risk_level <= \"high\" }",
+        );
+        assert_ne!(typo, text);
+        let err = PolicySet::parse("p.cedar", &typo, names()).unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::Invalid { messages, .. } if messages.len() == 1 && messages[0].contains("p37")),
+            "{err}"
+        );
+
+        // An action named in a condition passes when it is declared (here
+        // by the workflow) and fails when it is not, as with one schema.
+        text.push_str("@id(\"cond\") permit (principal, action == Stepgate::Action::\"svc-0.deploy\", resource) when { action != Stepgate::Action::\"svc-39.deploy\" };\n");
+        assert!(PolicySet::parse("p.cedar", &text, names()).is_ok());
+        let undeclared = text.replace(
+            "action != Stepgate::Action::\"svc-39.deploy\"",
+            "action != Stepgate::Action::\"nowhere\"",
+        );
+        let err = PolicySet::parse("p.cedar", &undeclared, names()).unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::Invalid { messages, .. } if messages.len() == 1 && messages[0].contains("nowhere")),
+            "{err}"
+        );
     }
 }

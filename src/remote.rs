@@ -13,6 +13,7 @@ use crate::client::{Client, ReviewerClient};
 use crate::engine::DecisionReply;
 use crate::identity::DevTrustDomain;
 use crate::nats::NatsTransport;
+use crate::outln;
 use crate::request_id::RequestId;
 use crate::spiffe::SpiffeId;
 
@@ -169,9 +170,9 @@ pub enum DevCommand {
 
 fn print<T: serde::Serialize + std::fmt::Debug>(value: &T, json: bool) -> Result<(), CliError> {
     if json {
-        println!("{}", serde_json::to_string(value).map_err(no)?);
+        outln!("{}", serde_json::to_string(value).map_err(no)?)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(value).map_err(no)?);
+        outln!("{}", serde_json::to_string_pretty(value).map_err(no)?)?;
     }
     Ok(())
 }
@@ -299,7 +300,7 @@ pub fn dev_command(command: DevCommand) -> Result<(), CliError> {
             write_private(&dir.join(DEV_KEY), &td.to_pkcs8_der().map_err(no)?)?;
             std::fs::write(dir.join(DEV_NAME), &trust_domain).map_err(env)?;
             std::fs::write(dir.join("bundle.json"), td.bundle().to_json()).map_err(env)?;
-            println!("{}", dir.join("bundle.json").display());
+            outln!("{}", dir.join("bundle.json").display())?;
             Ok(())
         }
         DevCommand::Svid {
@@ -318,7 +319,7 @@ pub fn dev_command(command: DevCommand) -> Result<(), CliError> {
             let td = DevTrustDomain::from_pkcs8_der(name.trim(), &der).map_err(input)?;
             let id = SpiffeId::parse(&id).map_err(|e| input(anyhow::anyhow!("`{id}`: {e}")))?;
             let now = crate::clock::Clock::now(&crate::clock::SystemClock) / 1000;
-            println!("{}", td.mint_svid(&id, &audience, now, ttl).map_err(input)?);
+            outln!("{}", td.mint_svid(&id, &audience, now, ttl).map_err(input)?)?;
             Ok(())
         }
     }

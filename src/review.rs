@@ -173,7 +173,8 @@ impl Reviewers {
     }
 }
 
-fn valid_group(g: &str) -> bool {
+/// True when `g` is a reviewer group name: 1-64 of `a-z 0-9 - _`.
+pub fn valid_group(g: &str) -> bool {
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
     !g.is_empty() && g.len() <= 64 && g.chars().all(ok)
 }

@@ -130,7 +130,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let server = crate::nats::Server::start(client, handle.clone())
         .await
         .map_err(env)?;
-    println!(
+    // A service keeps serving when nobody reads its stdout.
+    let _ = crate::outln!(
         "stepgate serving on {url} (data {}, engine {})",
         data.display(),
         handle.kid()

@@ -5,6 +5,10 @@
 //! - `keys`: name -> key material (the token signing key, the local
 //!   development trust domain's key).
 //!
+//! A record sled cannot read, or one that does not decode, is reported
+//! with its tree and sequence number, so damage to sled's files is
+//! located like a tampered record.
+//!
 //! [`Store::append`] writes a group of events in one atomic sled batch;
 //! [`Store::flush`] makes them durable. The engine flushes before it
 //! answers anyone, so an event it answered for is on disk. Only one
@@ -15,8 +19,10 @@ use std::path::{Path, PathBuf};
 use crate::chain::{self, ChainError, Entry, Verifier};
 use crate::event::{Event, Millis};
 
-const LOG_TREE: &str = "log";
-const KEYS_TREE: &str = "keys";
+/// The tree holding the event log.
+pub const LOG_TREE: &str = "log";
+/// The tree holding key material.
+pub const KEYS_TREE: &str = "keys";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +44,29 @@ pub enum StoreError {
     /// A read, write or flush failed.
     #[error("store i/o: {0}")]
     Io(#[from] sled::Error),
-    /// The log does not verify; the engine will not start on it.
-    #[error("event log: {0}")]
+    /// sled could not read a record of the log: its files are damaged.
+    #[error("`{tree}` tree: seq {seq}: sled cannot read the record: {source}")]
+    Read {
+        /// The tree read.
+        tree: &'static str,
+        /// The sequence number that should have come next.
+        seq: u64,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// sled could not read a named key.
+    #[error("`{tree}` tree: key `{name}`: sled cannot read it: {source}")]
+    ReadKey {
+        /// The tree read.
+        tree: &'static str,
+        /// The key's name.
+        name: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The log does not verify (a record does not decode or does not
+    /// chain); the engine will not start on it.
+    #[error("`{LOG_TREE}` tree: {0}")]
     Chain(#[from] ChainError),
     /// An event could not be encoded.
     #[error("{0}")]
@@ -78,7 +105,7 @@ impl Store {
         };
         let mut verifier = Verifier::new();
         for item in store.log.iter() {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(|e| read_error(verifier.next_seq(), e))?;
             verifier.check(key_seq(&k), &v)?;
         }
         store.next_seq = verifier.next_seq();
@@ -141,7 +168,7 @@ impl Store {
     pub fn entries(&self) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
         let mut verifier = Verifier::new();
         self.log.iter().map(move |item| {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(|e| read_error(verifier.next_seq(), e))?;
             Ok(verifier.check(key_seq(&k), &v)?)
         })
     }
@@ -149,9 +176,10 @@ impl Store {
     /// Up to `limit` entries from `seq` on, decoded but not re-verified
     /// (the whole chain was verified at open; appends extend it).
     pub fn read_from(&self, seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let mut out = vec![];
+        let mut out: Vec<Entry> = vec![];
         for item in self.log.range(seq.to_be_bytes()..).take(limit) {
-            let (k, v) = item?;
+            let next = out.last().map_or(seq, |e| e.seq + 1);
+            let (k, v) = item.map_err(|e| read_error(next, e))?;
             out.push(chain::decode(key_seq(&k), &v)?);
         }
         Ok(out)
@@ -159,7 +187,12 @@ impl Store {
 
     /// Reads a named key blob.
     pub fn key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.keys.get(name)?.map(|v| v.to_vec()))
+        let value = self.keys.get(name).map_err(|source| StoreError::ReadKey {
+            tree: KEYS_TREE,
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     /// Stores a named key blob durably.
@@ -191,11 +224,15 @@ impl RawLog {
         Ok(Self { log, _db: db })
     }
 
-    /// Every `(key seq, record bytes)` in key order.
+    /// Every `(key seq, record bytes)` in key order. A record sled cannot
+    /// read is reported with the sequence number after the last one read.
     pub fn records(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.log.iter().map(|item| {
-            let (k, v) = item?;
-            Ok((key_seq(&k), v.to_vec()))
+        let mut next = 0;
+        self.log.iter().map(move |item| {
+            let (k, v) = item.map_err(|e| read_error(next, e))?;
+            let seq = key_seq(&k);
+            next = seq.saturating_add(1);
+            Ok((seq, v.to_vec()))
         })
     }
 
@@ -219,9 +256,62 @@ pub fn require_existing(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// A failed read of the log, located at the record expected next.
+fn read_error(seq: u64, source: sled::Error) -> StoreError {
+    StoreError::Read {
+        tree: LOG_TREE,
+        seq,
+        source,
+    }
+}
+
+impl StoreError {
+    /// True when sled found its files damaged: for an auditor that is a
+    /// "no", not an environment failure.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Io(source)
+            | StoreError::Read { source, .. }
+            | StoreError::ReadKey { source, .. } => {
+                matches!(source, sled::Error::Corruption { .. })
+            }
+            _ => false,
+        }
+    }
+
+    /// The sequence number of the first bad record, when the error names one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            StoreError::Read { seq, .. } => Some(*seq),
+            StoreError::Chain(e) => Some(e.seq()),
+            _ => None,
+        }
+    }
+}
+
 fn key_seq(k: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = k.len().min(8);
     b[8 - n..].copy_from_slice(&k[k.len() - n..]);
     u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_sled_cannot_read_names_the_tree_and_seq_and_counts_as_corruption() {
+        let e = read_error(7, sled::Error::Corruption { at: None, bt: () });
+        assert_eq!(e.seq(), Some(7));
+        assert!(e.is_corruption());
+        assert!(
+            e.to_string()
+                .starts_with("`log` tree: seq 7: sled cannot read the record: "),
+            "{e}"
+        );
+        let io = read_error(7, sled::Error::Unsupported("nope".into()));
+        assert!(!io.is_corruption());
+    }
 }

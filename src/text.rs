@@ -5,7 +5,8 @@
 //! stack or take quadratic time. [`max_nesting`] finds the depth cheaply so
 //! that callers refuse such input with a clear error first. Text shown to
 //! reviewers must not carry terminal control sequences that could hide
-//! words from them; [`control_char`] finds the first one.
+//! words from them; [`control_char`] finds the first one, and
+//! [`escape_controls`] makes text safe to quote in an error.
 
 /// Deepest bracket nesting accepted in a workflow or policy file.
 pub const MAX_NESTING: usize = 32;
@@ -43,6 +44,20 @@ pub fn control_char(text: &str) -> Option<char> {
         .find(|c| c.is_control() && *c != '\n' && *c != '\t')
 }
 
+/// `text` with every control character escaped as Rust would write it
+/// (`\u{1b}`, `\n`), for messages that quote bytes nobody checked.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +75,11 @@ mod tests {
         assert_eq!(control_char("line one\nline\ttwo"), None);
         assert_eq!(control_char("hidden \u{1b}[8m text"), Some('\u{1b}'));
         assert_eq!(control_char("bell\u{7}"), Some('\u{7}'));
+    }
+
+    #[test]
+    fn escaping_leaves_no_control_character_and_keeps_the_rest() {
+        assert_eq!(escape_controls("a\u{1b}[2Jb\nc é"), "a\\u{1b}[2Jb\\nc é");
+        assert_eq!(control_char(&escape_controls("\u{0}\u{7f}\u{9b}")), None);
     }
 }

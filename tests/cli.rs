@@ -457,3 +457,346 @@ fn hostile_text_is_refused_before_any_parser_recurses_into_it() {
         text(&out.stderr)
     );
 }
+
+/// A data directory with a signing key and `events` key-created events,
+/// written through the store as the engine would.
+fn data_dir_with_events(events: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    use stepgate::event::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut store = stepgate::store::Store::open(&data).unwrap();
+    store
+        .put_key(stepgate::service::SIGNING_KEY, &[7u8; 32])
+        .unwrap();
+    let batch: Vec<Event> = (0..events)
+        .map(|i| Event::KeyCreated {
+            kid: format!("key-{i}"),
+        })
+        .collect();
+    store.append(T0, batch).unwrap();
+    store.flush_blocking().unwrap();
+    drop(store);
+    wait_for_sled_lock(&data);
+    (dir, data)
+}
+
+/// Waits until nothing holds sled's lock on `data`. sled's file is closed
+/// when a store drops, but a child that a parallel test forks at that
+/// moment keeps the lock until it execs.
+fn wait_for_sled_lock(data: &std::path::Path) {
+    let file = std::fs::File::open(data.join("db")).unwrap();
+    for _ in 0..500 {
+        if file.try_lock().is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{}: sled's lock is still held", data.display());
+}
+
+/// Runs the binary with stdout on a pipe whose read end is already closed.
+fn run_with_stdout_closed(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(args)
+        .current_dir(root())
+        .stdout(writer)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_every_printing_command_with_141_and_no_panic() {
+    let (dir, data) = data_dir_with_events(3);
+    let data = data.to_str().unwrap();
+    let demo_data = dir.path().join("demo");
+    let demo_data = demo_data.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["demo", "examples/release", "--approve", "--data", demo_data],
+        &["audit", "timeline", "--data", data],
+        &["audit", "verify", "--data", data, "--json"],
+        &["keys", "jwks", "--data", data],
+        &["validate", "examples/release/workflow.yaml"],
+        &[
+            "plan",
+            "examples/release/workflow.yaml",
+            "--policy",
+            "examples/release/policy.cedar",
+            "--json",
+        ],
+    ];
+    for args in commands {
+        let out = run_with_stdout_closed(args);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}");
+    }
+}
+
+#[test]
+fn a_full_stdout_is_an_environment_failure_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["validate", "examples/release/workflow.yaml"])
+        .current_dir(root())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write to stdout: "),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn a_reader_that_stops_after_a_few_bytes_ends_the_timeline_with_141_and_no_panic() {
+    use std::io::Read;
+    // More output than a pipe holds, so the writer is still writing when
+    // the reader leaves, as with `stepgate audit timeline | head -1`.
+    let (_dir, data) = data_dir_with_events(4000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepgate"))
+        .args(["audit", "timeline", "--data", data.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 32];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(text(&first).contains("#0 "), "{}", text(&first));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr, "");
+    assert_eq!(out.status.code(), Some(141));
+}
+
+fn plan_with_reviewers(policy: &str, reviewers: &str, json: bool) -> Output {
+    let mut args = vec![
+        "plan",
+        "examples/release/workflow.yaml",
+        "--policy",
+        policy,
+        "--reviewers",
+        reviewers,
+    ];
+    if json {
+        args.push("--json");
+    }
+    stepgate(&args)
+}
+
+#[test]
+fn plan_with_reviewers_accepts_the_examples_and_refuses_a_group_without_members() {
+    for name in ["release", "incident-response", "customer-support"] {
+        let out = stepgate(&[
+            "plan",
+            &format!("examples/{name}/workflow.yaml"),
+            "--policy",
+            &format!("examples/{name}/policy.cedar"),
+            "--reviewers",
+            &format!("examples/{name}/reviewers.yaml"),
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["reviewers"]["errors"], serde_json::json!([]), "{name}");
+        assert_eq!(
+            plan["reviewers"]["warnings"],
+            serde_json::json!([]),
+            "{name}"
+        );
+    }
+
+    // A policy may ask a group at run time that the preview never meets:
+    // this permit only reviews after five step-ups.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.cedar");
+    let base = std::fs::read_to_string(example("release").join("policy.cedar")).unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "{base}\n@id(\"late-smoke-needs-night-shift\")\n@review(\"night-shift\")\npermit (principal, action == Stepgate::Action::\"smoke.run\", resource)\nwhen {{ context.stepups_so_far >= 5 }};\n"
+        ),
+    )
+    .unwrap();
+    let reviewers = dir.path().join("reviewers.yaml");
+    std::fs::write(
+        &reviewers,
+        "groups:\n  security:\n    - spiffe://dev.stepgate.local/human/riley\n",
+    )
+    .unwrap();
+    let (policy, reviewers) = (policy.to_str().unwrap(), reviewers.to_str().unwrap());
+
+    let out = plan_with_reviewers(policy, reviewers, false);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: {reviewers}: review group `night-shift` has no members; policy `late-smoke-needs-night-shift` can send step `smoke-check` to it; review group `release-managers` has no members; policies `production-migration-needs-release-manager`, `production-rollout-needs-release-manager` can send steps `deploy-production`, `migrate-production-db` to it"
+        )
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "reviewers {reviewers}: error: review group `night-shift` has no members"
+        )),
+        "{stdout}"
+    );
+
+    let out = plan_with_reviewers(policy, reviewers, true);
+    assert_eq!(out.status.code(), Some(2));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["reviewers"]["file"], reviewers);
+    assert_eq!(plan["reviewers"]["warnings"], serde_json::json!([]));
+    let errors = plan["reviewers"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[1]["kind"], "no_members");
+    assert_eq!(errors[1]["group"], "release-managers");
+    assert_eq!(
+        errors[1]["steps"],
+        serde_json::json!(["deploy-production", "migrate-production-db"])
+    );
+    assert_eq!(
+        errors[1]["policy_ids"],
+        serde_json::json!([
+            "production-migration-needs-release-manager",
+            "production-rollout-needs-release-manager"
+        ])
+    );
+    assert_eq!(errors[0]["group"], "night-shift");
+    assert_eq!(errors[0]["steps"], serde_json::json!(["smoke-check"]));
+}
+
+#[test]
+fn plan_with_reviewers_warns_when_a_steps_agent_is_its_groups_only_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let reviewers = dir.path().join("reviewers.yaml");
+    std::fs::write(
+        &reviewers,
+        "groups:\n  release-managers:\n    - spiffe://dev.stepgate.local/agent/deployer\n",
+    )
+    .unwrap();
+    let reviewers = reviewers.to_str().unwrap();
+    let out = plan_with_reviewers("examples/release/policy.cedar", reviewers, true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["reviewers"]["errors"], serde_json::json!([]));
+    assert_eq!(
+        plan["reviewers"]["warnings"],
+        serde_json::json!([{
+            "kind": "self_review",
+            "group": "release-managers",
+            "steps": ["deploy-production"],
+            "policy_ids": ["production-rollout-needs-release-manager"],
+            "agent": "spiffe://dev.stepgate.local/agent/deployer",
+            "message": "step `deploy-production`: its agent spiffe://dev.stepgate.local/agent/deployer is the only member of review group `release-managers`, and nobody may review their own step"
+        }])
+    );
+
+    let out = plan_with_reviewers("examples/release/policy.cedar", reviewers, false);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "reviewers {reviewers}: warning: step `deploy-production`: its agent"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Overwrites the value of record `seq` in the `log` tree through sled.
+fn overwrite_record_with_sled(data: &std::path::Path, seq: u64, bytes: &[u8]) {
+    {
+        let db = sled::open(data).unwrap();
+        let log = db.open_tree("log").unwrap();
+        assert!(log.get(seq.to_be_bytes()).unwrap().is_some());
+        log.insert(seq.to_be_bytes(), bytes).unwrap();
+        db.flush().unwrap();
+    }
+    wait_for_sled_lock(data);
+}
+
+#[test]
+fn a_record_that_does_not_decode_is_named_by_tree_and_seq_and_audit_verify_exits_1() {
+    let (_dir, data) = data_dir_with_events(8);
+    // Garbage: a msgpack string holding a terminal escape, not a record.
+    overwrite_record_with_sled(&data, 5, b"\xa6\x1b[2Jab");
+
+    let out = stepgate(&["audit", "verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: chain broken at seq 5: `log` tree: seq 5: record does not decode: "
+        ),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+
+    let out = stepgate(&[
+        "audit",
+        "verify",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_seq"], 5);
+    assert_eq!(v["tree"], "log");
+
+    // The store refuses to open on it, naming the same place.
+    match stepgate::store::Store::open(&data) {
+        Err(e) => {
+            assert_eq!(e.seq(), Some(5));
+            assert!(
+                e.to_string()
+                    .starts_with("`log` tree: seq 5: record does not decode: "),
+                "{e}"
+            );
+        }
+        Ok(_) => panic!("a store with a garbage record opened"),
+    }
+}
+
+#[test]
+fn a_truncated_record_is_named_by_seq_and_audit_verify_exits_1() {
+    let (_dir, data) = data_dir_with_events(8);
+    let whole = {
+        let raw = stepgate::store::RawLog::open(&data).unwrap();
+        let (_, bytes) = raw.records().nth(3).unwrap().unwrap();
+        bytes
+    };
+    wait_for_sled_lock(&data);
+    overwrite_record_with_sled(&data, 3, &whole[..whole.len() / 2]);
+
+    let out = stepgate(&["audit", "verify", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: chain broken at seq 3: `log` tree: seq 3: record does not decode: "
+        ),
+        "{err}"
+    );
+    let out = stepgate(&["audit", "timeline", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: `log` tree: seq 3: record does not decode: "),
+        "{}",
+        text(&out.stderr)
+    );
+}
