@@ -8,11 +8,16 @@
 //! - the **directory** (JetStream key-value bucket [`DIRECTORY_BUCKET`])
 //!   maps `run.<id>` and `batch.<id>` to the owner's key id. An owner
 //!   writes an entry before it answers the request that made the id known,
-//!   so no client can learn an id the directory does not yet hold;
+//!   so no client can learn an id the directory does not yet hold, and
+//!   writes its entries again from its log when it starts, so a lost or
+//!   damaged bucket heals;
+//! - the **request keys** (bucket [`REQUESTS_BUCKET`], 24 hours) map the
+//!   idempotency key of a run start to the engine that took it first, so a
+//!   repeated start reaches the engine that can answer it;
 //! - the **engine records** (bucket [`ENGINES_BUCKET`]) hold each engine's
 //!   public key and a heartbeat. They serve the JWKS of the whole account
-//!   (a token signed by any engine verifies with it) and tell which engines
-//!   are up when reviewers list pending batches;
+//!   (a token signed by any engine verifies with it) and name the engines
+//!   asked when reviewers list pending batches;
 //! - each engine also listens on its own subject,
 //!   `stepgate.v1.engine.<kid>.<route>`, where a receiver forwards a
 //!   request it does not own. Requests arriving there are always answered
@@ -20,7 +25,8 @@
 //!
 //! Ownership never changes, so lookups are cached. An engine's key id is
 //! its identity: the RFC 7638 thumbprint of its signing key, stable for the
-//! life of its data directory.
+//! life of its data directory. Two engines serving copies of one data
+//! directory would share it; [`Cluster::join`] refuses to start the second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,16 +36,16 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use sha2::{Digest, Sha256};
 
 use crate::bus::Request;
 use crate::clock::{Clock, SystemClock};
-use crate::event::{Event, Millis};
+use crate::event::Event;
 use crate::nats::{NatsError, PREFIX};
-use crate::request_id::RequestId;
+use crate::text;
 use crate::token::Jwk;
 
 /// Bucket mapping runs and batches to their owning engine.
@@ -48,18 +54,22 @@ pub const DIRECTORY_BUCKET: &str = "STEPGATE_DIRECTORY";
 /// Bucket of engine records (public key, heartbeat).
 pub const ENGINES_BUCKET: &str = "STEPGATE_ENGINES";
 
+/// Bucket mapping run-start idempotency keys to the engine that took them.
+pub const REQUESTS_BUCKET: &str = "STEPGATE_REQUESTS";
+
 /// How often an engine refreshes its record.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// An engine whose record is older than this is taken to be down.
-pub const LIVE_WITHIN_MS: Millis = 20_000;
 
 /// How long a receiver waits for the owner of a forwarded request.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a receiver waits for each engine's pending batches.
+pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long an engine record (and so its public key) outlives the engine's
-/// last heartbeat: longer than any token it can have signed.
-const KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// last heartbeat: longer than any token it can have signed. Also how long
+/// a run-start key routes repeats across engines.
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Cached owners; the cache is emptied when it reaches this size.
 const CACHE_LIMIT: usize = 65_536;
@@ -91,19 +101,23 @@ impl Owned {
     /// The run start keyed by `request_id`. Only the key is hashed, not
     /// the requester: two requesters who pick the same key are sent to the
     /// same engine, which keeps their runs apart.
-    pub fn start(request_id: &RequestId) -> Owned {
-        let digest = Sha256::digest(request_id.as_str().as_bytes());
+    pub fn start(request_id: &str) -> Owned {
+        let digest = Sha256::digest(request_id.as_bytes());
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);
         Owned::Start(first)
     }
 
-    /// The thing an event makes known, if it makes one known.
-    pub fn introduced_by(event: &Event) -> Option<Owned> {
+    /// What an event makes known: a run (and its start key) or a batch.
+    pub fn introduced_by(event: &Event) -> Vec<Owned> {
         match event {
-            Event::RunStarted { run, .. } => Some(Owned::Run(*run)),
-            Event::BatchOpened { batch, .. } => Some(Owned::Batch(*batch)),
-            _ => None,
+            Event::RunStarted {
+                run, request_id, ..
+            } => std::iter::once(Owned::Run(*run))
+                .chain(request_id.as_deref().map(Owned::start))
+                .collect(),
+            Event::BatchOpened { batch, .. } => vec![Owned::Batch(*batch)],
+            _ => vec![],
         }
     }
 }
@@ -142,7 +156,7 @@ pub fn route_of(request: &Request) -> Route {
         Request::StartRun {
             request_id: Some(id),
             ..
-        } => Route::First(Owned::start(id)),
+        } => Route::First(Owned::start(id.as_str())),
         Request::StartRun { .. } | Request::Health {} => Route::Any,
         Request::StepToken { run, .. }
         | Request::CompleteStep { run, .. }
@@ -221,10 +235,13 @@ pub struct EngineRecord {
     pub kid: String,
     /// Its public signing key.
     pub jwk: Jwk,
-    /// When it last refreshed this record, ms.
-    pub seen_at: Millis,
+    /// When it last refreshed this record, ms by its own clock.
+    pub seen_at: i64,
     /// False once it has stopped serving (graceful shutdown).
     pub serving: bool,
+    /// Which process wrote the record: new at every start.
+    #[serde(default)]
+    pub instance: Uuid,
 }
 
 /// This engine's view of the others.
@@ -232,7 +249,10 @@ pub struct EngineRecord {
 pub struct Cluster {
     kid: String,
     jwk: Jwk,
+    instance: Uuid,
+    js: jetstream::Context,
     directory: kv::Store,
+    requests: kv::Store,
     engines: kv::Store,
     // A std mutex: held only for a map lookup or insert, never across
     // an await.
@@ -241,30 +261,23 @@ pub struct Cluster {
 
 impl Cluster {
     /// Creates or opens the buckets and announces this engine.
+    ///
+    /// Refuses to start when another process is serving with the same key
+    /// (a copy of this data directory): when the record under this key says
+    /// it is serving, it is watched for two heartbeats, and a refresh by
+    /// another process ends the start with an error.
     pub async fn join(js: &jetstream::Context, jwk: Jwk) -> Result<Self, NatsError> {
-        let directory = bucket(
-            js,
-            DIRECTORY_BUCKET,
-            "stepgate: which engine owns each run and batch",
-            Duration::ZERO,
-            256,
-        )
-        .await?;
-        let engines = bucket(
-            js,
-            ENGINES_BUCKET,
-            "stepgate: engine keys and heartbeats",
-            KEY_RETENTION,
-            4096,
-        )
-        .await?;
         let cluster = Self {
             kid: jwk.kid.clone(),
             jwk,
-            directory,
-            engines,
+            instance: Uuid::now_v7(),
+            js: js.clone(),
+            directory: directory_bucket(js).await?,
+            requests: requests_bucket(js).await?,
+            engines: engines_bucket(js).await?,
             cache: Mutex::new(HashMap::new()),
         };
+        cluster.refuse_a_twin().await?;
         cluster
             .heartbeat(true)
             .await
@@ -272,24 +285,75 @@ impl Cluster {
         Ok(cluster)
     }
 
+    async fn refuse_a_twin(&self) -> Result<(), NatsError> {
+        let Some(before) = self.record_entry().await else {
+            return Ok(());
+        };
+        if !before.1.serving {
+            return Ok(());
+        }
+        // Serving, by the record: either this engine's previous process,
+        // which stopped without a goodbye, or a twin that is alive. Only a
+        // live twin refreshes the record.
+        info!(engine = %self.kid, "the last process with this key did not stop cleanly; checking that it is gone");
+        tokio::time::sleep(HEARTBEAT * 2 + Duration::from_secs(1)).await;
+        match self.record_entry().await {
+            Some((revision, record)) if revision != before.0 && record.instance != self.instance => {
+                Err(NatsError::Setup(format!(
+                    "another engine is serving with this data directory's key `{}`; a data directory (and any copy of it) must be served by one engine only",
+                    self.kid
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn record_entry(&self) -> Option<(u64, EngineRecord)> {
+        let entry = self.engines.entry(self.kid.as_str()).await.ok()??;
+        let record = serde_json::from_slice(&entry.value).ok()?;
+        Some((entry.revision, record))
+    }
+
     /// This engine's key id.
     pub fn kid(&self) -> &str {
         &self.kid
     }
 
+    fn store_of(&self, owned: Owned) -> &kv::Store {
+        match owned {
+            Owned::Start(_) => &self.requests,
+            Owned::Run(_) | Owned::Batch(_) => &self.directory,
+        }
+    }
+
     /// Records that this engine owns `owned`; idempotent, and a no-op once
-    /// recorded.
+    /// recorded by this process.
     pub async fn claim(&self, owned: Owned) -> Result<(), String> {
         if self.cached(owned).as_deref() == Some(self.kid.as_str()) {
             return Ok(());
         }
         let value = Bytes::from(self.kid.clone());
-        self.directory
+        self.store_of(owned)
             .put(owned.key(), value)
             .await
             .map_err(|e| format!("directory: cannot record {owned}: {e}"))?;
         self.remember(owned, self.kid.clone());
         Ok(())
+    }
+
+    /// Writes the entries of everything an event log introduced, as the
+    /// owner: heals a directory that lost or garbled entries.
+    pub async fn claim_all(&self, owned: Vec<Owned>) -> usize {
+        let failed = futures::stream::iter(owned)
+            .map(|o| async move { self.claim(o).await.is_err() })
+            .buffer_unordered(32)
+            .filter(|failed| futures::future::ready(*failed))
+            .count()
+            .await;
+        if failed > 0 {
+            warn!(failed, "some directory entries could not be written");
+        }
+        failed
     }
 
     /// The engine that owns `owned`: the one the directory names, or this
@@ -300,7 +364,7 @@ impl Cluster {
             return Ok(kid);
         }
         let value = Bytes::from(self.kid.clone());
-        match self.directory.create(owned.key(), value).await {
+        match self.store_of(owned).create(owned.key(), value).await {
             Ok(_) => {
                 self.remember(owned, self.kid.clone());
                 Ok(self.kid.clone())
@@ -318,22 +382,22 @@ impl Cluster {
         if let Some(kid) = self.cached(owned) {
             return Some(kid);
         }
-        let value = match self.directory.get(owned.key()).await {
+        let value = match self.store_of(owned).get(owned.key()).await {
             Ok(value) => value?,
             Err(e) => {
                 warn!(%owned, error = %e, "directory lookup failed; answering locally");
                 return None;
             }
         };
-        let kid = String::from_utf8(value.to_vec())
+        let kid = std::str::from_utf8(&value)
             .ok()
             .filter(|k| is_subject_token(k));
         let Some(kid) = kid else {
             warn!(%owned, "directory entry is not an engine key id; answering locally");
             return None;
         };
-        self.remember(owned, kid.clone());
-        Some(kid)
+        self.remember(owned, kid.to_string());
+        Some(kid.to_string())
     }
 
     fn cached(&self, owned: Owned) -> Option<String> {
@@ -357,6 +421,7 @@ impl Cluster {
             jwk: self.jwk.clone(),
             seen_at: SystemClock.now(),
             serving,
+            instance: self.instance,
         };
         let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         self.engines
@@ -366,17 +431,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Refreshes this engine's record every [`HEARTBEAT`], for ever.
+    /// Refreshes this engine's record every [`HEARTBEAT`], for ever; when
+    /// that fails, declares the buckets again (a NATS server that lost its
+    /// store comes back without them).
     pub async fn keep_alive(&self) {
         loop {
             tokio::time::sleep(HEARTBEAT).await;
             if let Err(e) = self.heartbeat(true).await {
-                warn!(error = %e, "engine heartbeat failed; retrying");
+                warn!(error = %e, "engine heartbeat failed; declaring the buckets again");
+                let declared = futures::join!(
+                    directory_bucket(&self.js),
+                    requests_bucket(&self.js),
+                    engines_bucket(&self.js)
+                );
+                if let (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) = declared {
+                    warn!(error = %e, "buckets not declared; retrying");
+                }
             }
         }
     }
 
-    /// Every engine record in the bucket, this engine's first.
+    /// Every well-formed engine record in the bucket, this engine's first.
     pub async fn engines(&self) -> Vec<EngineRecord> {
         let mut records = vec![];
         let mut keys = match self.engines.keys().await {
@@ -396,20 +471,22 @@ impl Cluster {
                 {
                     records.push(record)
                 }
-                _ => debug!(key = %key, "ignoring an engine record that does not decode"),
+                _ => {
+                    debug!(key = %text::escape_controls(&key), "ignoring a malformed engine record")
+                }
             }
         }
         records.sort_by_key(|r| r.kid != self.kid);
         records
     }
 
-    /// Other engines that are serving now.
-    pub async fn live_peers(&self) -> Vec<String> {
-        let now = SystemClock.now();
+    /// Every other engine with a record: those serving and those that
+    /// stopped within the record's retention, whose batches may still wait.
+    pub async fn peers(&self) -> Vec<String> {
         self.engines()
             .await
             .into_iter()
-            .filter(|r| r.kid != self.kid && r.serving && now - r.seen_at <= LIVE_WITHIN_MS)
+            .filter(|r| r.kid != self.kid)
             .map(|r| r.kid)
             .collect()
     }
@@ -434,9 +511,25 @@ impl Cluster {
     }
 }
 
+async fn directory_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    let about = "stepgate: which engine owns each run and batch";
+    bucket(js, DIRECTORY_BUCKET, about, Duration::ZERO, 256).await
+}
+
+async fn requests_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    let about = "stepgate: which engine took each run-start key";
+    bucket(js, REQUESTS_BUCKET, about, RETENTION, 256).await
+}
+
+async fn engines_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
+    let about = "stepgate: engine keys and heartbeats";
+    bucket(js, ENGINES_BUCKET, about, RETENTION, 4096).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_id::RequestId;
 
     #[test]
     fn requests_about_a_run_or_batch_go_to_its_owner() {
@@ -466,7 +559,7 @@ mod tests {
             request_id: Some(key.clone()),
         };
         let route = route_of(&keyed);
-        assert_eq!(route, Route::First(Owned::start(&key)));
+        assert_eq!(route, Route::First(Owned::start(key.as_str())));
         let Route::First(owned) = route else {
             unreachable!()
         };

@@ -68,10 +68,13 @@ use tracing::{debug, info, warn};
 
 use crate::bus::{BusError, Request, Response, Transport};
 use crate::chain::Entry;
-use crate::cluster::{engine_subject, route_of, Cluster, Owned, Route, FORWARD_TIMEOUT};
+use crate::cluster::{
+    engine_subject, route_of, Cluster, Owned, Route, FORWARD_TIMEOUT, GATHER_TIMEOUT,
+};
 use crate::engine::TokenReply;
 use crate::event::Event;
 use crate::service::Handle;
+use crate::text::MAX_NESTING;
 use crate::token::Jwks;
 
 /// Subject prefix of the v1 contract.
@@ -171,7 +174,7 @@ pub fn decode_request(op: &str, payload: &[u8], json: bool) -> Result<Request, S
         let value: rmpv::Value = if payload.is_empty() {
             rmpv::Value::Map(vec![])
         } else {
-            rmp_serde::from_slice(payload).map_err(|e| format!("payload is not msgpack: {e}"))?
+            read_msgpack(payload).map_err(|e| format!("payload is not msgpack: {e}"))?
         };
         let rmpv::Value::Map(mut entries) = value else {
             return Err("payload must be a msgpack map".into());
@@ -181,6 +184,19 @@ pub fn decode_request(op: &str, payload: &[u8], json: bool) -> Result<Request, S
         rmpv::ext::from_value(rmpv::Value::Map(entries))
             .map_err(|e| format!("payload does not fit `{op}`: {e}"))
     }
+}
+
+/// Reads one msgpack value nested at most [`MAX_NESTING`] deep: the
+/// decoder recurses per level, so a deeper payload is refused before it
+/// can exhaust the stack.
+fn read_msgpack(payload: &[u8]) -> Result<rmpv::Value, String> {
+    let mut reader = payload;
+    rmpv::decode::read_value_with_max_depth(&mut reader, MAX_NESTING).map_err(|e| match e {
+        rmpv::decode::Error::DepthLimitExceeded => {
+            format!("nested deeper than {MAX_NESTING} levels")
+        }
+        other => other.to_string(),
+    })
 }
 
 /// Encodes a request's fields (without the op, which the subject carries).
@@ -217,21 +233,21 @@ pub fn decode_response(payload: &[u8], json: bool) -> Result<Response, String> {
     if json {
         serde_json::from_slice(payload).map_err(|e| e.to_string())
     } else {
-        rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+        let value = read_msgpack(payload).map_err(|e| e.to_string())?;
+        rmpv::ext::from_value(value).map_err(|e| e.to_string())
     }
 }
 
-/// Connects with stepgate's settings: retries the first connection and
-/// reconnects forever, so a NATS restart is ridden out.
+/// Connects an engine: retries the first connection (a service may start
+/// before its NATS server) and reconnects forever, so a NATS restart is
+/// ridden out.
 pub async fn connect(
     url: &str,
     request_timeout: Duration,
 ) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
-        .name("stepgate")
-        .request_timeout(Some(request_timeout))
+    info!(url, "connecting to NATS");
+    options(request_timeout)
         .retry_on_initial_connect()
-        .max_reconnects(None)
         .connect(url)
         .await
         .map_err(|e| NatsError::Connect {
@@ -240,12 +256,40 @@ pub async fn connect(
         })
 }
 
+/// Connects a client: the first connection fails at once when the server
+/// cannot be reached (a command must not hang); after that it reconnects
+/// forever, as an engine does.
+pub async fn connect_client(
+    url: &str,
+    request_timeout: Duration,
+) -> Result<async_nats::Client, NatsError> {
+    options(request_timeout)
+        .connect(url)
+        .await
+        .map_err(|e| NatsError::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn options(request_timeout: Duration) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name("stepgate")
+        .request_timeout(Some(request_timeout))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+}
+
 /// What an answering task needs.
 struct Ctx {
     client: async_nats::Client,
     handle: Handle,
     cluster: Arc<Cluster>,
+    forwards: Semaphore,
 }
+
+/// Forwarded requests waiting for other engines at once; more are refused.
+pub const MAX_FORWARDS: usize = 64;
 
 type Incoming = futures::stream::Map<async_nats::Subscriber, fn(Message) -> (Message, bool)>;
 
@@ -291,6 +335,7 @@ impl Server {
         .ok_or_else(|| NatsError::Setup("the engine has no signing key".into()))?;
         let cluster = Arc::new(Cluster::join(&js, jwk).await?);
         let requests = subscribe_all(&client, cluster.kid()).await?;
+        tokio::spawn(heal_directory(handle.clone(), cluster.clone()));
         let publisher = tokio::spawn(publish_events(js, handle.clone(), cluster.clone()));
         let alive = {
             let cluster = cluster.clone();
@@ -301,6 +346,7 @@ impl Server {
             client,
             handle,
             cluster,
+            forwards: Semaphore::new(MAX_FORWARDS),
         });
         Ok(Self {
             ctx,
@@ -352,6 +398,32 @@ impl Server {
         publisher.abort();
         let _ = ctx.client.flush().await;
     }
+}
+
+/// Writes the directory entries of everything in this engine's log again,
+/// in the background: a bucket that lost or garbled entries (a NATS store
+/// lost, an entry overwritten) routes to this engine again.
+async fn heal_directory(handle: Handle, cluster: Arc<Cluster>) {
+    let mut seq = 0;
+    let mut written = 0;
+    loop {
+        let Ok(page) = handle.entries_from(seq, 1024).await else {
+            return;
+        };
+        let Some(last) = page.last() else {
+            break;
+        };
+        seq = last.seq + 1;
+        let owned: Vec<Owned> = page
+            .iter()
+            .flat_map(|e| Owned::introduced_by(&e.event))
+            .collect();
+        written += owned.len() - cluster.claim_all(owned).await;
+    }
+    info!(
+        entries = written,
+        "directory entries of this engine written"
+    );
 }
 
 /// Subscribes to every route in the queue group, and to this engine's own
@@ -476,10 +548,11 @@ async fn route(ctx: &Ctx, suffix: &str, message: &Message, request: Request) -> 
                 forward(ctx, &kid, suffix, message, &owned.to_string()).await
             }
             Ok(_) => Answer::Here(local(ctx, request).await),
-            Err(e) => {
-                warn!(error = %e, "keyed run start not recorded; answering here");
-                Answer::Here(local(ctx, request).await)
-            }
+            // Starting here could start the run twice: refuse instead.
+            Err(e) => Answer::Here(error(
+                "unavailable",
+                format!("{e}; nothing was started: try again"),
+            )),
         },
         Route::Signer(kid) if cluster.is_peer(&kid).await => {
             forward(ctx, &kid, suffix, message, "the token").await
@@ -497,11 +570,23 @@ async fn route(ctx: &Ctx, suffix: &str, message: &Message, request: Request) -> 
 async fn local(ctx: &Ctx, request: Request) -> Response {
     let response = ctx.handle.dispatch(request).await;
     for owned in introduced(&response) {
-        if let Err(e) = ctx.cluster.claim(owned).await {
-            warn!(error = %e, "other engines cannot route to this engine yet");
-        }
+        claim_soon(&ctx.cluster, owned).await;
     }
     response
+}
+
+/// Claims `owned`, trying three times; after that the event publisher,
+/// which claims before it publishes, keeps trying.
+async fn claim_soon(cluster: &Cluster, owned: Owned) {
+    for attempt in 1..=3 {
+        match cluster.claim(owned).await {
+            Ok(()) => return,
+            Err(e) if attempt == 3 => {
+                warn!(error = %e, "other engines cannot route to this engine until the publisher records it");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Runs and batches an answer tells the requester about.
@@ -516,7 +601,18 @@ fn introduced(response: &Response) -> Vec<Owned> {
 }
 
 /// Relays a request, unchanged, to the engine that owns it.
+///
+/// Forwards hold a slot of their own, so requests waiting on an owner that
+/// hangs cannot take every slot from the requests this engine answers.
 async fn forward(ctx: &Ctx, kid: &str, suffix: &str, message: &Message, what: &str) -> Answer {
+    let Ok(_slot) = ctx.forwards.try_acquire() else {
+        return Answer::Here(error(
+            "unavailable",
+            format!(
+                "{MAX_FORWARDS} requests are already waiting for other engines; {what} is served by engine `{kid}`: try again"
+            ),
+        ));
+    };
     let subject = format!("{}.{suffix}", engine_subject(kid));
     let mut request = async_nats::Request::new()
         .payload(message.payload.clone())
@@ -528,17 +624,24 @@ async fn forward(ctx: &Ctx, kid: &str, suffix: &str, message: &Message, what: &s
     match ctx.client.send_request(subject, request).await {
         Ok(reply) => Answer::Relayed(reply),
         Err(e) => {
-            let why = match e.kind() {
-                RequestErrorKind::NoResponders => "which is not connected".to_string(),
-                RequestErrorKind::TimedOut => format!(
-                    "which did not answer within {} s",
-                    FORWARD_TIMEOUT.as_secs()
+            let (code, why) = match e.kind() {
+                RequestErrorKind::NoResponders => {
+                    ("unavailable", "which is not connected".to_string())
+                }
+                // The owner may yet act on it: say so, and say it with a
+                // code of its own, since "changed nothing" is not known.
+                RequestErrorKind::TimedOut => (
+                    "timeout",
+                    format!(
+                        "which did not answer within {} s; the request may still take effect there",
+                        FORWARD_TIMEOUT.as_secs()
+                    ),
                 ),
-                _ => format!("which cannot be reached: {e}"),
+                _ => ("unavailable", format!("which cannot be reached: {e}")),
             };
             warn!(engine = kid, %what, %why, "owning engine unavailable");
             Answer::Here(error(
-                "unavailable",
+                code,
                 format!("{what} is served by engine `{kid}`, {why}"),
             ))
         }
@@ -548,7 +651,7 @@ async fn forward(ctx: &Ctx, kid: &str, suffix: &str, message: &Message, what: &s
 /// Pending batches of every live engine, merged; engines that did not
 /// answer are named in `unreachable`.
 async fn gather(ctx: &Ctx) -> Response {
-    let peers = ctx.cluster.live_peers().await;
+    let peers = ctx.cluster.peers().await;
     let asks = peers.iter().map(|kid| ask_peer(ctx, kid));
     let (mine, theirs) = futures::join!(
         local(ctx, Request::PendingBatches {}),
@@ -578,6 +681,7 @@ async fn ask_peer(ctx: &Ctx, kid: &str) -> Option<Response> {
         .payload(Bytes::from(payload))
         .timeout(Some(FORWARD_TIMEOUT));
     let subject = format!("{}.review.pending", engine_subject(kid));
+    let request = request.timeout(Some(GATHER_TIMEOUT));
     match ctx.client.send_request(subject, request).await {
         Ok(reply) => decode_response(&reply.payload, is_json(reply.headers.as_ref())).ok(),
         Err(e) => {
@@ -649,7 +753,7 @@ async fn publish_one(
     cluster: &Cluster,
     entry: &Entry,
 ) -> Result<(), String> {
-    if let Some(owned) = Owned::introduced_by(&entry.event) {
+    for owned in Owned::introduced_by(&entry.event) {
         cluster.claim(owned).await?;
     }
     let kid = cluster.kid();
@@ -680,7 +784,7 @@ impl NatsTransport {
     /// Connects and starts following events (core subscription, so live
     /// events only; use a JetStream consumer to read history).
     pub async fn connect(url: &str, request_timeout: Duration) -> Result<Self, NatsError> {
-        let client = connect(url, request_timeout).await?;
+        let client = connect_client(url, request_timeout).await?;
         let mut sub = client
             .subscribe(format!("{PREFIX}.events.>"))
             .await
@@ -747,4 +851,38 @@ pub fn routes() -> HashMap<String, &'static str> {
         .iter()
         .map(|(s, op)| (format!("{PREFIX}.{s}"), *op))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpack_nested_deeper_than_the_limit_is_refused_without_recursing() {
+        let deep = [vec![0x91u8; 100_000], vec![0xc0]].concat();
+        assert_eq!(
+            decode_request("health", &deep, false),
+            Err("payload is not msgpack: nested deeper than 32 levels".to_string())
+        );
+        assert_eq!(
+            decode_response(&deep, false),
+            Err("nested deeper than 32 levels".to_string())
+        );
+        // Shallow nesting decodes, and is then judged on its shape.
+        let shallow = [vec![0x91u8; 3], vec![0xc0]].concat();
+        assert_eq!(
+            decode_request("health", &shallow, false),
+            Err("payload must be a msgpack map".to_string())
+        );
+    }
+
+    #[test]
+    fn a_response_round_trips_through_msgpack() {
+        let response = Response::Batches {
+            batches: vec![],
+            unreachable: vec!["k1".into()],
+        };
+        let bytes = encode_response(&response, false);
+        assert_eq!(decode_response(&bytes, false), Ok(response));
+    }
 }

@@ -180,13 +180,35 @@ fn print<T: serde::Serialize + std::fmt::Debug>(value: &T, json: bool) -> Result
 fn remote_err(e: crate::client::ClientError) -> CliError {
     use crate::bus::BusError;
     match &e {
-        crate::client::ClientError::Bus(BusError::Remote { code, .. }) if code == "unavailable" => {
+        crate::client::ClientError::Bus(BusError::Remote { code, .. })
+            if code == "unavailable" || code == "timeout" =>
+        {
             env(e)
         }
         crate::client::ClientError::Bus(BusError::Remote { .. }) => input(e),
         crate::client::ClientError::Bus(BusError::Transport(_) | BusError::Closed) => env(e),
         _ => no(e),
     }
+}
+
+/// A start that failed without an answer may still have started the run:
+/// tell the user how to ask again without starting a second one.
+fn outcome_unknown(e: crate::client::ClientError, request_id: &RequestId) -> CliError {
+    use crate::bus::BusError;
+    use crate::client::ClientError;
+    let unknown = match &e {
+        ClientError::Bus(BusError::Transport(_)) => true,
+        ClientError::Bus(BusError::Remote { code, .. }) => code == "timeout",
+        _ => false,
+    };
+    let mut error = remote_err(e);
+    if unknown {
+        error.error = error.error.context(format!(
+            "the run may have started; run the same command with `--request-id {}` to get its answer without starting another",
+            request_id.as_str()
+        ));
+    }
+    error
 }
 
 /// Runs `stepgate run ...`.
@@ -205,7 +227,7 @@ pub async fn run_command(command: RunCommand) -> Result<(), CliError> {
             let reply = client
                 .start_run_keyed(&remote.svid()?, &text, &request_id)
                 .await
-                .map_err(remote_err)?;
+                .map_err(|e| outcome_unknown(e, &request_id))?;
             print(&reply, remote.json)
         }
         RunCommand::Status { run, remote } => {

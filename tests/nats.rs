@@ -125,6 +125,14 @@ async fn malformed_oversize_and_mistyped_payloads_get_errors_and_leave_the_log_a
             Bytes::from_static(b"\xc1\xff garbage"),
             "bad_request",
         ),
+        (
+            // Deep nesting must be refused before the decoder's recursion
+            // can exhaust the stack, in any build.
+            "stepgate.v1.health",
+            async_nats::HeaderMap::new(),
+            Bytes::from([vec![0x91u8; 100_000], vec![0xc0]].concat()),
+            "bad_request",
+        ),
         {
             let (h, b) = json("{not json");
             ("stepgate.v1.step.token", h, b, "bad_request")
