@@ -60,13 +60,9 @@ async fn boot(dir: &std::path::Path) -> Bench {
         engine: Config::default(),
         tick: Duration::from_secs(1),
     };
-    let handle = service::start(
-        Store::open(dir).unwrap(),
-        settings,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let handle = service::start(Store::open(dir).unwrap(), settings, Arc::new(SystemClock))
+        .await
+        .unwrap();
     let now = SystemClock.now() / 1000;
     let svid = |who: &str| {
         let id = SpiffeId::parse(who).unwrap();

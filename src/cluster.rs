@@ -257,6 +257,24 @@ pub struct Cluster {
     // A std mutex: held only for a map lookup or insert, never across
     // an await.
     cache: Mutex<HashMap<Owned, String>>,
+    // The revision of this engine's record as it last wrote it; a record
+    // at another revision was written by someone else.
+    revision: Mutex<Option<u64>>,
+}
+
+/// Why a heartbeat failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// Another process wrote this engine's record: a twin serving a copy of
+    /// the data directory.
+    #[error("another engine is serving with this data directory's key `{kid}`; a data directory (and any copy of it) must be served by one engine only")]
+    Twin {
+        /// The shared key id.
+        kid: String,
+    },
+    /// NATS did not take the write.
+    #[error("engine record: {0}")]
+    Nats(String),
 }
 
 impl Cluster {
@@ -276,12 +294,13 @@ impl Cluster {
             requests: requests_bucket(js).await?,
             engines: engines_bucket(js).await?,
             cache: Mutex::new(HashMap::new()),
+            revision: Mutex::new(None),
         };
         cluster.refuse_a_twin().await?;
         cluster
             .heartbeat(true)
             .await
-            .map_err(|e| NatsError::Setup(format!("bucket {ENGINES_BUCKET}: {e}")))?;
+            .map_err(|e| NatsError::Setup(e.to_string()))?;
         Ok(cluster)
     }
 
@@ -396,6 +415,10 @@ impl Cluster {
             warn!(%owned, "directory entry is not an engine key id; answering locally");
             return None;
         };
+        if kid != self.kid && !self.is_peer(kid).await {
+            warn!(%owned, engine = kid, "directory entry names no known engine; answering locally");
+            return None;
+        }
         self.remember(owned, kid.to_string());
         Some(kid.to_string())
     }
@@ -414,8 +437,9 @@ impl Cluster {
         }
     }
 
-    /// Refreshes this engine's record.
-    pub async fn heartbeat(&self, serving: bool) -> Result<(), String> {
+    /// Refreshes this engine's record, as a compare-and-set on the
+    /// revision this process last wrote, so a twin is noticed.
+    pub async fn heartbeat(&self, serving: bool) -> Result<(), HeartbeatError> {
         let record = EngineRecord {
             kid: self.kid.clone(),
             jwk: self.jwk.clone(),
@@ -423,31 +447,87 @@ impl Cluster {
             serving,
             instance: self.instance,
         };
-        let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let last = self.revision.lock().ok().and_then(|r| *r);
+        let written = match last {
+            Some(revision) => self
+                .engines
+                .update(&self.kid, value.clone(), revision)
+                .await
+                .ok(),
+            None => None,
+        };
+        let revision = match written {
+            Some(revision) => revision,
+            None => self.rewrite(value).await?,
+        };
+        if let Ok(mut last) = self.revision.lock() {
+            *last = Some(revision);
+        }
+        Ok(())
+    }
+
+    /// Writes the record after a compare-and-set failed (or on the first
+    /// heartbeat): fine when the record is gone (a lost bucket) or still
+    /// this process's, a twin otherwise.
+    async fn rewrite(&self, value: Bytes) -> Result<u64, HeartbeatError> {
+        let first = self.revision.lock().ok().is_some_and(|r| r.is_none());
+        if !first {
+            if let Some((_, record)) = self.record_entry().await {
+                if record.instance != self.instance {
+                    return Err(HeartbeatError::Twin {
+                        kid: self.kid.clone(),
+                    });
+                }
+            }
+        }
         self.engines
-            .put(&self.kid, Bytes::from(value))
+            .put(&self.kid, value)
+            .await
+            .map_err(|e| HeartbeatError::Nats(e.to_string()))
+    }
+
+    /// Declares the buckets again (a NATS server that lost its store comes
+    /// back without them).
+    pub async fn declare_buckets(&self) {
+        let declared = futures::join!(
+            directory_bucket(&self.js),
+            requests_bucket(&self.js),
+            engines_bucket(&self.js)
+        );
+        if let (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) = declared {
+            warn!(error = %e, "buckets not declared; retrying");
+        }
+    }
+
+    /// True while both routing buckets still hold the mark this engine
+    /// left after it last wrote its entries; false after a store loss.
+    pub async fn entries_intact(&self) -> bool {
+        let key = format!("engine.{}", self.kid);
+        let (a, b) = futures::join!(self.directory.get(&key), self.requests.get(&key));
+        matches!((a, b), (Ok(Some(_)), Ok(Some(_))))
+    }
+
+    /// Leaves the mark [`Cluster::entries_intact`] looks for.
+    pub async fn mark_entries_written(&self) -> Result<(), String> {
+        let key = format!("engine.{}", self.kid);
+        let value = Bytes::from(self.instance.to_string());
+        self.directory
+            .put(&key, value.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.requests
+            .put(&key, value)
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
     }
 
-    /// Refreshes this engine's record every [`HEARTBEAT`], for ever; when
-    /// that fails, declares the buckets again (a NATS server that lost its
-    /// store comes back without them).
-    pub async fn keep_alive(&self) {
-        loop {
-            tokio::time::sleep(HEARTBEAT).await;
-            if let Err(e) = self.heartbeat(true).await {
-                warn!(error = %e, "engine heartbeat failed; declaring the buckets again");
-                let declared = futures::join!(
-                    directory_bucket(&self.js),
-                    requests_bucket(&self.js),
-                    engines_bucket(&self.js)
-                );
-                if let (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) = declared {
-                    warn!(error = %e, "buckets not declared; retrying");
-                }
-            }
+    /// Forgets every cached owner (after a store loss, entries this
+    /// process wrote may be gone).
+    pub fn forget(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
         }
     }
 

@@ -56,7 +56,7 @@
 //! down are published when it is back.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -64,12 +64,13 @@ use async_nats::{HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{broadcast, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::bus::{BusError, Request, Response, Transport};
 use crate::chain::Entry;
 use crate::cluster::{
-    engine_subject, route_of, Cluster, Owned, Route, FORWARD_TIMEOUT, GATHER_TIMEOUT,
+    engine_subject, route_of, Cluster, HeartbeatError, Owned, Route, FORWARD_TIMEOUT,
+    GATHER_TIMEOUT, HEARTBEAT,
 };
 use crate::engine::TokenReply;
 use crate::event::Event;
@@ -285,11 +286,30 @@ struct Ctx {
     client: async_nats::Client,
     handle: Handle,
     cluster: Arc<Cluster>,
-    forwards: Semaphore,
+    // Per owner, so an owner that hangs holds its own slots only. A std
+    // mutex: held for a map lookup, never across an await.
+    forwards: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-/// Forwarded requests waiting for other engines at once; more are refused.
-pub const MAX_FORWARDS: usize = 64;
+/// Forwarded requests waiting for one other engine at once; more are
+/// refused at once.
+pub const MAX_FORWARDS: usize = 32;
+
+/// Owners whose forward slots are tracked; the map is emptied beyond it.
+const MAX_OWNERS_TRACKED: usize = 1024;
+
+impl Ctx {
+    fn forward_slots(&self, kid: &str) -> Option<Arc<Semaphore>> {
+        let mut map = self.forwards.lock().ok()?;
+        if map.len() >= MAX_OWNERS_TRACKED && !map.contains_key(kid) {
+            map.clear();
+        }
+        let slots = map
+            .entry(kid.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_FORWARDS)));
+        Some(slots.clone())
+    }
+}
 
 type Incoming = futures::stream::Map<async_nats::Subscriber, fn(Message) -> (Message, bool)>;
 
@@ -312,6 +332,7 @@ pub struct Server {
     requests: futures::stream::SelectAll<Incoming>,
     publisher: tokio::task::JoinHandle<()>,
     alive: tokio::task::JoinHandle<()>,
+    twin: tokio::sync::oneshot::Receiver<HeartbeatError>,
 }
 
 impl std::fmt::Debug for Server {
@@ -335,42 +356,51 @@ impl Server {
         .ok_or_else(|| NatsError::Setup("the engine has no signing key".into()))?;
         let cluster = Arc::new(Cluster::join(&js, jwk).await?);
         let requests = subscribe_all(&client, cluster.kid()).await?;
-        tokio::spawn(heal_directory(handle.clone(), cluster.clone()));
         let publisher = tokio::spawn(publish_events(js, handle.clone(), cluster.clone()));
-        let alive = {
-            let cluster = cluster.clone();
-            tokio::spawn(async move { cluster.keep_alive().await })
-        };
+        let (twin_tx, twin) = tokio::sync::oneshot::channel();
+        let alive = tokio::spawn(keep_alive(handle.clone(), cluster.clone(), twin_tx));
         info!(prefix = PREFIX, queue = QUEUE_GROUP, engine = %cluster.kid(), "serving on NATS");
         let ctx = Arc::new(Ctx {
             client,
             handle,
             cluster,
-            forwards: Semaphore::new(MAX_FORWARDS),
+            forwards: Mutex::new(HashMap::new()),
         });
         Ok(Self {
             ctx,
             requests,
             publisher,
             alive,
+            twin,
         })
     }
 
     /// Answers requests until `shutdown` resolves; then stops taking
     /// requests, waits for those in flight and tells the other engines
-    /// that this one stopped.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// that this one stopped. Stops the same way, with an error, when
+    /// another process turns out to serve with this engine's key.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NatsError> {
         let Self {
             ctx,
             mut requests,
             publisher,
             alive,
+            mut twin,
         } = self;
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut outcome = Ok(());
         tokio::pin!(shutdown);
         loop {
             let (message, direct) = tokio::select! {
                 _ = &mut shutdown => break,
+                Ok(e) = &mut twin => {
+                    error!(error = %e, "stopping: this engine's key is in use elsewhere");
+                    outcome = Err(NatsError::Setup(e.to_string()));
+                    break;
+                }
                 next = requests.next() => match next {
                     Some(incoming) => incoming,
                     None => break,
@@ -392,18 +422,54 @@ impl Server {
         let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
         let _ = slots.acquire_many(all).await;
         alive.abort();
-        if let Err(e) = ctx.cluster.heartbeat(false).await {
-            warn!(error = %e, "could not tell the other engines that this one stopped");
+        // The record is the twin's now; leave it alone.
+        if outcome.is_ok() {
+            if let Err(e) = ctx.cluster.heartbeat(false).await {
+                warn!(error = %e, "could not tell the other engines that this one stopped");
+            }
         }
         publisher.abort();
         let _ = ctx.client.flush().await;
+        outcome
     }
 }
 
-/// Writes the directory entries of everything in this engine's log again,
-/// in the background: a bucket that lost or garbled entries (a NATS store
-/// lost, an entry overwritten) routes to this engine again.
-async fn heal_directory(handle: Handle, cluster: Arc<Cluster>) {
+/// Refreshes this engine's record every [`HEARTBEAT`] and keeps the
+/// routing entries whole: writes them all at start, and again whenever the
+/// buckets lost them (a NATS server that lost its store). Reports a twin
+/// (another process writing this engine's record) and stops.
+async fn keep_alive(
+    handle: Handle,
+    cluster: Arc<Cluster>,
+    twin: tokio::sync::oneshot::Sender<HeartbeatError>,
+) {
+    heal_directory(&handle, &cluster).await;
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        match cluster.heartbeat(true).await {
+            Ok(()) => {}
+            Err(e @ HeartbeatError::Twin { .. }) => {
+                let _ = twin.send(e);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "engine heartbeat failed; declaring the buckets again");
+                cluster.declare_buckets().await;
+                continue;
+            }
+        }
+        if !cluster.entries_intact().await {
+            warn!("routing entries were lost; writing them again");
+            cluster.forget();
+            heal_directory(&handle, &cluster).await;
+        }
+    }
+}
+
+/// Writes the directory entries of everything in this engine's log again:
+/// a bucket that lost or garbled entries (a NATS store lost, an entry
+/// overwritten) routes to this engine again.
+async fn heal_directory(handle: &Handle, cluster: &Cluster) {
     let mut seq = 0;
     let mut written = 0;
     loop {
@@ -419,6 +485,9 @@ async fn heal_directory(handle: Handle, cluster: Arc<Cluster>) {
             .flat_map(|e| Owned::introduced_by(&e.event))
             .collect();
         written += owned.len() - cluster.claim_all(owned).await;
+    }
+    if let Err(e) = cluster.mark_entries_written().await {
+        warn!(error = %e, "routing entries written, but not marked; writing them again soon");
     }
     info!(
         entries = written,
@@ -528,9 +597,29 @@ async fn respond(ctx: &Ctx, message: &Message, direct: bool, json: bool) -> Answ
     };
     debug!(subject, op, direct, "request");
     if direct {
-        return Answer::Here(local(ctx, request).await);
+        return Answer::Here(direct_answer(ctx, request).await);
     }
     route(ctx, suffix, message, request).await
+}
+
+/// Answers a request sent to this engine's own subject: here, except a
+/// keyed run start whose key another engine took first, which only that
+/// engine may answer.
+async fn direct_answer(ctx: &Ctx, request: Request) -> Response {
+    let Route::First(owned) = route_of(&request) else {
+        return local(ctx, request).await;
+    };
+    match ctx.cluster.take(owned).await {
+        Ok(kid) if kid == ctx.cluster.kid() => local(ctx, request).await,
+        Ok(kid) => error(
+            "conflict",
+            format!("{owned} is served by engine `{kid}`; send it to `{PREFIX}.run.start`"),
+        ),
+        Err(e) => error(
+            "unavailable",
+            format!("{e}; nothing was started: try again"),
+        ),
+    }
 }
 
 /// Answers here, or forwards to the engine that owns the request.
@@ -605,11 +694,14 @@ fn introduced(response: &Response) -> Vec<Owned> {
 /// Forwards hold a slot of their own, so requests waiting on an owner that
 /// hangs cannot take every slot from the requests this engine answers.
 async fn forward(ctx: &Ctx, kid: &str, suffix: &str, message: &Message, what: &str) -> Answer {
-    let Ok(_slot) = ctx.forwards.try_acquire() else {
+    let slot = ctx
+        .forward_slots(kid)
+        .and_then(|s| s.try_acquire_owned().ok());
+    let Some(_slot) = slot else {
         return Answer::Here(error(
             "unavailable",
             format!(
-                "{MAX_FORWARDS} requests are already waiting for other engines; {what} is served by engine `{kid}`: try again"
+                "{what} is served by engine `{kid}`, which already has {MAX_FORWARDS} requests waiting: try again"
             ),
         ));
     };

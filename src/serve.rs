@@ -136,11 +136,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         data.display(),
         handle.kid()
     );
-    server.serve(shutdown_signal()).await;
+    let served = server.serve(shutdown_signal()).await;
     info!("shutting down: no new requests; finishing those in flight");
     handle.shutdown().await;
     info!("stopped");
-    Ok(())
+    served.map_err(env)
 }
 
 fn bounded(value: Option<i64>, default: i64, name: &str) -> Result<i64, CliError> {

@@ -295,8 +295,9 @@ async fn a_keyed_run_start_repeated_on_any_engine_starts_one_run() {
     let dev = dir.path().join("dev");
     dev_init(&dev);
     let t = connect(&nats.url()).await;
-    let _a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
-    let _b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
+    let mut nats = nats;
+    let a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
+    let b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
     let text = std::fs::read_to_string(example("release").join("workflow.yaml")).unwrap();
     let client = Client::new(t.clone());
     let svid = dev_svid(&dev, DANA);
@@ -316,6 +317,104 @@ async fn a_keyed_run_start_repeated_on_any_engine_starts_one_run() {
         .unwrap();
     assert_eq!(pending.batches.len(), 1, "one run, so one batch");
     assert!(pending.unreachable.is_empty());
+
+    // Sent to an engine's own subject, the start is answered by the engine
+    // that took the key, and refused by the other.
+    let body = serde_json::json!({"svid": svid, "workflow": text, "request_id": key.as_str()});
+    let mut answers = vec![];
+    for engine in [&a, &b] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let reply = t
+            .client()
+            .request_with_headers(
+                format!("stepgate.v1.engine.{}.run.start", engine.kid()),
+                headers,
+                serde_json::to_vec(&body).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        answers.push(serde_json::from_slice::<Response>(&reply.payload).unwrap());
+    }
+    let started: Vec<_> = answers
+        .iter()
+        .filter_map(|r| match r {
+            Response::RunStarted(s) => Some(s.run),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec![first.run], "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|r| matches!(r, Response::Error { code, .. } if code == "conflict")),
+        "{answers:?}"
+    );
+
+    // NATS comes back with an empty store: the engines write their
+    // entries again, and the repeat still finds the first run.
+    nats.restart_empty();
+    let js = async_nats::jetstream::new(t.client().clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for engine in [&a, &b] {
+        let mark = format!("engine.{}", engine.kid());
+        loop {
+            let written = match js.get_key_value("STEPGATE_REQUESTS").await {
+                Ok(bucket) => matches!(bucket.get(&mark).await, Ok(Some(_))),
+                Err(_) => false,
+            };
+            if written {
+                break;
+            }
+            assert!(Instant::now() < deadline, "entries were not written again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for _ in 0..12 {
+        let again = client.start_run_keyed(&svid, &text, &key).await.unwrap();
+        assert_eq!(again.run, first.run);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_key_a_copy_took_over_while_it_hung_stops() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    let mut original = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
+    assert_eq!(original.sigterm(), Some(0));
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("a"))
+        .arg(dir.path().join("copy"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    original.spawn();
+
+    // The original hangs long enough for the copy to pass its start check.
+    let hung = serve::Stopped::new(original.pid());
+    let copy = Engine::start(&nats.url(), &dir.path().join("copy"), &dev);
+    assert_eq!(copy.kid(), original.kid());
+    drop(hung);
+
+    // Its next heartbeat finds the record written by the copy: it stops.
+    let mut child = original.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the original kept serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(3));
+    let t = connect(&nats.url()).await;
+    match t.call(Request::Health {}).await.unwrap() {
+        Response::Health { kid, .. } => assert_eq!(kid, copy.kid()),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,15 @@ impl NatsServer {
         }
     }
 
+    /// Stops it and starts it again on the same port with an empty store:
+    /// every stream and bucket is lost.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.store.path()).expect("remove the JetStream store");
+        std::fs::create_dir_all(self.store.path()).expect("recreate the store directory");
+        self.spawn();
+    }
+
     /// Stops it and starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.kill();
