@@ -60,6 +60,10 @@ pub const REQUESTS_BUCKET: &str = "STEPGATE_REQUESTS";
 /// How often an engine refreshes its record.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How long a confirmed heartbeat lets an engine answer requests. Shorter
+/// than the watch in [`Cluster::join`] (two heartbeats and a second).
+pub const LEASE: Duration = Duration::from_secs(10);
+
 /// How long a receiver waits for the owner of a forwarded request.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -260,6 +264,8 @@ pub struct Cluster {
     // The revision of this engine's record as it last wrote it; a record
     // at another revision was written by someone else.
     revision: Mutex<Option<u64>>,
+    // When a heartbeat last confirmed that the record is this process's.
+    lease: Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a heartbeat failed.
@@ -295,6 +301,7 @@ impl Cluster {
             engines: engines_bucket(js).await?,
             cache: Mutex::new(HashMap::new()),
             revision: Mutex::new(None),
+            lease: Mutex::new(None),
         };
         cluster.refuse_a_twin().await?;
         cluster
@@ -384,6 +391,15 @@ impl Cluster {
         }
         let value = Bytes::from(self.kid.clone());
         match self.store_of(owned).create(owned.key(), value).await {
+            // A fresh key is only trusted while the buckets still hold this
+            // engine's mark: after a store loss, the key's first run may
+            // be known only to some engine's log until it writes it again.
+            Ok(_) if !self.entries_intact().await => {
+                let _ = self.store_of(owned).delete(owned.key()).await;
+                Err(format!(
+                    "routing entries are being written again after NATS lost them; {owned} cannot be recorded yet"
+                ))
+            }
             Ok(_) => {
                 self.remember(owned, self.kid.clone());
                 Ok(self.kid.clone())
@@ -464,7 +480,18 @@ impl Cluster {
         if let Ok(mut last) = self.revision.lock() {
             *last = Some(revision);
         }
+        if let Ok(mut lease) = self.lease.lock() {
+            *lease = Some(std::time::Instant::now());
+        }
         Ok(())
+    }
+
+    /// True while the last confirmed heartbeat is younger than [`LEASE`]:
+    /// a copy of this engine's data directory waits longer than that
+    /// before it serves, so the two never answer at once.
+    pub fn lease_fresh(&self) -> bool {
+        let lease = self.lease.lock().ok().and_then(|l| *l);
+        lease.is_some_and(|at| at.elapsed() < LEASE)
     }
 
     /// Writes the record after a compare-and-set failed (or on the first

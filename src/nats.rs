@@ -355,10 +355,17 @@ impl Server {
         }
         .ok_or_else(|| NatsError::Setup("the engine has no signing key".into()))?;
         let cluster = Arc::new(Cluster::join(&js, jwk).await?);
+        // Without this engine's mark the buckets are new or were lost:
+        // write the routing entries before serving, so that no keyed start
+        // is taken fresh while its first run is known only to this log.
+        let healed = !cluster.entries_intact().await;
+        if healed {
+            heal_directory(&handle, &cluster).await;
+        }
         let requests = subscribe_all(&client, cluster.kid()).await?;
         let publisher = tokio::spawn(publish_events(js, handle.clone(), cluster.clone()));
         let (twin_tx, twin) = tokio::sync::oneshot::channel();
-        let alive = tokio::spawn(keep_alive(handle.clone(), cluster.clone(), twin_tx));
+        let alive = tokio::spawn(keep_alive(handle.clone(), cluster.clone(), twin_tx, healed));
         info!(prefix = PREFIX, queue = QUEUE_GROUP, engine = %cluster.kid(), "serving on NATS");
         let ctx = Arc::new(Ctx {
             client,
@@ -392,14 +399,25 @@ impl Server {
         } = self;
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut outcome = Ok(());
+        let mut twin_done = false;
         tokio::pin!(shutdown);
         loop {
             let (message, direct) = tokio::select! {
                 _ = &mut shutdown => break,
-                Ok(e) = &mut twin => {
-                    error!(error = %e, "stopping: this engine's key is in use elsewhere");
-                    outcome = Err(NatsError::Setup(e.to_string()));
-                    break;
+                // A oneshot must not be polled once it has completed.
+                reported = &mut twin, if !twin_done => {
+                    twin_done = true;
+                    match reported {
+                        Ok(e) => {
+                            error!(error = %e, "stopping: this engine's key is in use elsewhere");
+                            outcome = Err(NatsError::Setup(e.to_string()));
+                            break;
+                        }
+                        Err(_) => {
+                            error!("the heartbeat task ended; other engines will take this one for gone");
+                            continue;
+                        }
+                    }
                 }
                 next = requests.next() => match next {
                     Some(incoming) => incoming,
@@ -442,19 +460,25 @@ async fn keep_alive(
     handle: Handle,
     cluster: Arc<Cluster>,
     twin: tokio::sync::oneshot::Sender<HeartbeatError>,
+    healed: bool,
 ) {
-    heal_directory(&handle, &cluster).await;
+    if !healed {
+        heal_directory(&handle, &cluster).await;
+    }
+    let mut pause = HEARTBEAT;
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(pause).await;
         match cluster.heartbeat(true).await {
-            Ok(()) => {}
+            Ok(()) => pause = HEARTBEAT,
             Err(e @ HeartbeatError::Twin { .. }) => {
                 let _ = twin.send(e);
                 return;
             }
             Err(e) => {
+                // Retry soon: requests wait for a fresh lease.
                 warn!(error = %e, "engine heartbeat failed; declaring the buckets again");
                 cluster.declare_buckets().await;
+                pause = Duration::from_secs(1);
                 continue;
             }
         }
@@ -596,10 +620,37 @@ async fn respond(ctx: &Ctx, message: &Message, direct: bool, json: bool) -> Answ
         Err(message) => return Answer::Here(error("bad_request", message)),
     };
     debug!(subject, op, direct, "request");
+    if !ctx.cluster.lease_fresh() {
+        return Answer::Here(stale_lease(ctx, request).await);
+    }
     if direct {
         return Answer::Here(direct_answer(ctx, request).await);
     }
     route(ctx, suffix, message, request).await
+}
+
+/// The answer while this engine has not confirmed, for a while, that its
+/// key is still its own (it was paused, or cut off from NATS): a copy of
+/// its data directory may be serving, so it changes nothing until the next
+/// heartbeat confirms or ends it. Health says not ready.
+async fn stale_lease(ctx: &Ctx, request: Request) -> Response {
+    if let Request::Health {} = request {
+        return match ctx.handle.dispatch(request).await {
+            Response::Health { events, kid, .. } => Response::Health {
+                ready: false,
+                events,
+                kid,
+            },
+            other => other,
+        };
+    }
+    error(
+        "unavailable",
+        format!(
+            "engine `{}` is confirming that its key is still its own (it was paused or cut off from NATS); try again in a few seconds",
+            ctx.cluster.kid()
+        ),
+    )
 }
 
 /// Answers a request sent to this engine's own subject: here, except a
@@ -826,6 +877,11 @@ pub async fn publish_events(js: jetstream::Context, handle: Handle, cluster: Arc
                 }
                 Err(e) => {
                     warn!(seq = entry.seq, error = %e, "publishing an event failed; retrying");
+                    // A NATS server that lost its store comes back without
+                    // the stream: declare it again before the retry.
+                    if let Err(e) = ensure_stream(&js).await {
+                        warn!(error = %e, "events stream not declared; retrying");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     break;

@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use nats_server::NatsServer;
 use serve::{dev_init, dev_svid, Engine};
 use stepgate::bus::{BusError, Request, Response, Transport};
@@ -397,7 +398,43 @@ async fn an_engine_whose_key_a_copy_took_over_while_it_hung_stops() {
     let hung = serve::Stopped::new(original.pid());
     let copy = Engine::start(&nats.url(), &dir.path().join("copy"), &dev);
     assert_eq!(copy.kid(), original.kid());
+
+    // Both listen on the key's own subject. A health request sent there
+    // now is answered at once by the copy; the original, once woken, has
+    // not confirmed its key for longer than its lease, so it answers (if
+    // at all) not ready, and serves nothing.
+    let t = connect(&nats.url()).await;
+    let nc = t.client().clone();
+    let inbox = nc.new_inbox();
+    let mut replies = nc.subscribe(inbox.clone()).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    nc.publish_with_reply_and_headers(
+        format!("stepgate.v1.engine.{}.health", copy.kid()),
+        inbox,
+        headers,
+        "{}".into(),
+    )
+    .await
+    .unwrap();
+    nc.flush().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let first: Response = serde_json::from_slice(&first.payload).unwrap();
+    assert!(
+        matches!(first, Response::Health { ready: true, .. }),
+        "{first:?}"
+    );
     drop(hung);
+    while let Ok(Some(late)) = tokio::time::timeout(Duration::from_secs(3), replies.next()).await {
+        let late: Response = serde_json::from_slice(&late.payload).unwrap();
+        assert!(
+            matches!(late, Response::Health { ready: false, .. }),
+            "{late:?}"
+        );
+    }
 
     // Its next heartbeat finds the record written by the copy: it stops.
     let mut child = original.child.take().unwrap();
@@ -410,7 +447,6 @@ async fn an_engine_whose_key_a_copy_took_over_while_it_hung_stops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, Some(3));
-    let t = connect(&nats.url()).await;
     match t.call(Request::Health {}).await.unwrap() {
         Response::Health { kid, .. } => assert_eq!(kid, copy.kid()),
         other => panic!("{other:?}"),

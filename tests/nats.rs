@@ -41,7 +41,12 @@ async fn connect(url: &str) -> NatsTransport {
 async fn ready(t: &NatsTransport) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(Response::Health { events, .. }) = t.call(Request::Health {}).await {
+        if let Ok(Response::Health {
+            events,
+            ready: true,
+            ..
+        }) = t.call(Request::Health {}).await
+        {
             return events;
         }
         assert!(Instant::now() < deadline, "engine did not become ready");
