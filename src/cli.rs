@@ -552,15 +552,47 @@ fn verify_token(
     }
 }
 
+/// Reads `--at`: an RFC 3339 UTC time or milliseconds since the epoch.
+/// A number small enough to be seconds (before 1973 as milliseconds) is
+/// refused rather than read as a date in 1970.
+fn parse_at(t: &str) -> Result<i64, CliError> {
+    const SECONDS_LIKE: i64 = 100_000_000_000;
+    match audit::parse_time(t) {
+        Some(ms) if t.bytes().all(|b| b.is_ascii_digit()) && ms < SECONDS_LIKE => {
+            Err(input(anyhow::anyhow!(
+                "--at `{t}` looks like seconds; give milliseconds since the epoch ({t}000) or YYYY-MM-DDTHH:MM:SSZ"
+            )))
+        }
+        Some(ms) => Ok(ms),
+        None => Err(input(anyhow::anyhow!(
+            "--at `{}`: expected YYYY-MM-DDTHH:MM:SSZ or ms since the epoch",
+            crate::text::escape_controls(t)
+        ))),
+    }
+}
+
+/// Reads `--expect-head`: 64 hex digits, optionally prefixed `sha256:`.
+fn parse_head(head: &str) -> Result<String, CliError> {
+    let hex = head.trim();
+    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(hex.to_ascii_lowercase());
+    }
+    Err(input(anyhow::anyhow!(
+        "--expect-head `{}`: expected the 64 hex digits `audit verify` printed as the head",
+        crate::text::escape_controls(head)
+    )))
+}
+
 fn audit_verify(data: &Path, expect_head: Option<&str>, json: bool) -> Result<(), CliError> {
+    let expect_head = expect_head.map(parse_head).transpose()?;
     match audit::verify(data) {
         Ok(mut report) => {
             if let Some(head) = expect_head {
-                if !report.head.eq_ignore_ascii_case(head.trim()) {
+                if !report.head.eq_ignore_ascii_case(&head) {
                     report.findings.push(format!(
-                        "the log ends at head {}, not at the expected {}: it was cut short or rewritten",
-                        report.head,
-                        head.trim()
+                        "the log ends at head {}, not at the expected {head}: it was cut short or rewritten",
+                        report.head
                     ));
                 }
             }
@@ -668,11 +700,7 @@ fn audit_tokens(
     let state = engine.state();
     let tokens: Vec<_> = match at {
         Some(t) => {
-            let ms = audit::parse_time(t).ok_or_else(|| {
-                input(anyhow::anyhow!(
-                    "--at `{t}`: expected YYYY-MM-DDTHH:MM:SSZ or ms since the epoch"
-                ))
-            })?;
+            let ms = parse_at(t)?;
             audit::live_tokens(state, ms, scope)
         }
         None => state

@@ -800,3 +800,45 @@ fn a_truncated_record_is_named_by_seq_and_audit_verify_exits_1() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn expect_head_takes_the_printed_head_with_or_without_its_prefix_and_refuses_garbage() {
+    let (_dir, data) = data_dir_with_events(3);
+    let data = data.to_str().unwrap();
+    let out = stepgate(&["audit", "verify", "--data", data, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let head = report["report"]["head"].as_str().unwrap().to_string();
+    assert_eq!(head.len(), 64);
+    for given in [head.clone(), format!("sha256:{head}"), head.to_uppercase()] {
+        let out = stepgate(&["audit", "verify", "--data", data, "--expect-head", &given]);
+        assert_eq!(out.status.code(), Some(0), "{given}: {}", text(&out.stdout));
+    }
+    let other = "0".repeat(64);
+    let out = stepgate(&["audit", "verify", "--data", data, "--expect-head", &other]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = stepgate(&["audit", "verify", "--data", data, "--expect-head", "nothex"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--expect-head `nothex`: expected the 64 hex digits"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn audit_tokens_at_refuses_seconds_instead_of_reading_them_as_1970() {
+    let (_dir, data) = data_dir_with_events(1);
+    let data = data.to_str().unwrap();
+    let out = stepgate(&["audit", "tokens", "--data", data, "--at", "1796416730"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--at `1796416730` looks like seconds"),
+        "{}",
+        text(&out.stderr)
+    );
+    for ok in ["1796416730000", "2026-12-04T16:00:00Z"] {
+        let out = stepgate(&["audit", "tokens", "--data", data, "--at", ok]);
+        assert_eq!(out.status.code(), Some(0), "{ok}: {}", text(&out.stderr));
+    }
+}
