@@ -105,6 +105,35 @@ fn remote_code(result: Result<impl std::fmt::Debug, ClientError>) -> (String, St
     }
 }
 
+/// A private nats-server, a temporary directory and a development trust
+/// domain in it.
+fn setup() -> (NatsServer, tempfile::TempDir, std::path::PathBuf) {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    dev_init(&dev);
+    (nats, dir, dev)
+}
+
+/// `cp -a FROM TO`: a copy of a data directory, as an operator makes one.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The key id of whichever engine answers health.
+async fn health_kid(t: &NatsTransport) -> String {
+    match t.call(Request::Health {}).await.unwrap() {
+        Response::Health { kid, .. } => kid,
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn jwks_kids(t: &NatsTransport) -> Vec<String> {
     match t.call(Request::Jwks {}).await.unwrap() {
         Response::Jwks(jwks) => jwks.keys.into_iter().map(|k| k.kid).collect(),
@@ -114,10 +143,7 @@ async fn jwks_kids(t: &NatsTransport) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_engines_share_the_work_and_each_run_is_answered_by_its_owner() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    dev_init(&dev);
+    let (nats, dir, dev) = setup();
     let t = connect(&nats.url()).await;
 
     // Run 1 starts while only engine A serves, so A owns it.
@@ -186,10 +212,7 @@ async fn two_engines_share_the_work_and_each_run_is_answered_by_its_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_forwarded_to_an_engine_is_answered_there_and_only_there() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    dev_init(&dev);
+    let (nats, dir, dev) = setup();
     let t = connect(&nats.url()).await;
     let mut a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
     let mut b = Engine::start(&nats.url(), &dir.path().join("b"), &dev);
@@ -291,10 +314,7 @@ async fn a_request_forwarded_to_an_engine_is_answered_there_and_only_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_run_start_repeated_on_any_engine_starts_one_run() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    dev_init(&dev);
+    let (nats, dir, dev) = setup();
     let t = connect(&nats.url()).await;
     let mut nats = nats;
     let a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
@@ -379,19 +399,10 @@ async fn a_keyed_run_start_repeated_on_any_engine_starts_one_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_whose_key_a_copy_took_over_while_it_hung_stops() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    dev_init(&dev);
+    let (nats, dir, dev) = setup();
     let mut original = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
     assert_eq!(original.sigterm(), Some(0));
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(dir.path().join("a"))
-        .arg(dir.path().join("copy"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_dir(&dir.path().join("a"), &dir.path().join("copy"));
     original.spawn();
 
     // The original hangs long enough for the copy to pass its start check.
@@ -447,29 +458,17 @@ async fn an_engine_whose_key_a_copy_took_over_while_it_hung_stops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, Some(3));
-    match t.call(Request::Health {}).await.unwrap() {
-        Response::Health { kid, .. } => assert_eq!(kid, copy.kid()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(health_kid(&t).await, copy.kid());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_a_served_data_directory_is_refused() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dev = dir.path().join("dev");
-    dev_init(&dev);
+    let (nats, dir, dev) = setup();
     let mut a = Engine::start(&nats.url(), &dir.path().join("a"), &dev);
     // A copy taken while A is stopped, then both served.
     assert_eq!(a.sigterm(), Some(0));
     let copy = dir.path().join("copy");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(dir.path().join("a"))
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    copy_dir(&dir.path().join("a"), &copy);
     a.spawn();
     // The record says A serves and A keeps refreshing it: the copy exits.
     let release = example("release");
@@ -495,8 +494,5 @@ async fn a_copy_of_a_served_data_directory_is_refused() {
     );
     // A is untouched.
     let t = connect(&nats.url()).await;
-    match t.call(Request::Health {}).await.unwrap() {
-        Response::Health { kid, .. } => assert_eq!(kid, a.kid()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(health_kid(&t).await, a.kid());
 }
