@@ -11,6 +11,14 @@
 )]
 
 mod common;
+/// Asserts that a token request was refused before policy, for `kind`.
+fn assert_rejected(reply: &TokenReply, kind: RejectKind) {
+    assert!(
+        matches!(reply, TokenReply::Rejected { kind: k, .. } if *k == kind),
+        "expected {kind:?}, got {reply:?}"
+    );
+}
+
 #[path = "engine/retry.rs"]
 mod retry;
 
@@ -247,16 +255,7 @@ fn empty_scopes_wrong_agent_and_bad_identity_are_rejected() {
         &["ci:tests:run"],
         &builder,
     );
-    assert!(
-        matches!(
-            reply,
-            TokenReply::Rejected {
-                kind: RejectKind::WrongAgent,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert_rejected(&reply, RejectKind::WrongAgent);
 
     let reply = ask_as(
         &mut engine,
@@ -266,16 +265,7 @@ fn empty_scopes_wrong_agent_and_bad_identity_are_rejected() {
         &["ci:tests:run"],
         "not-a-jwt",
     );
-    assert!(
-        matches!(
-            reply,
-            TokenReply::Rejected {
-                kind: RejectKind::BadIdentity,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert_rejected(&reply, RejectKind::BadIdentity);
 
     // A name alone is not an identity: an SVID from another trust domain's key fails.
     let foreign =
@@ -291,16 +281,7 @@ fn empty_scopes_wrong_agent_and_bad_identity_are_rejected() {
         &["ci:tests:run"],
         &forged,
     );
-    assert!(
-        matches!(
-            reply,
-            TokenReply::Rejected {
-                kind: RejectKind::BadIdentity,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert_rejected(&reply, RejectKind::BadIdentity);
     assert!(engine.state().tokens.is_empty());
 }
 

@@ -140,16 +140,7 @@ fn a_retry_stating_the_step_intent_is_redelivered_and_a_wrong_intent_is_not() {
         &["ci:tests:run"],
         Some("Deploy to production."),
     );
-    assert!(
-        matches!(
-            wrong,
-            TokenReply::Rejected {
-                kind: RejectKind::IntentMismatch,
-                ..
-            }
-        ),
-        "{wrong:?}"
-    );
+    assert_rejected(&wrong, RejectKind::IntentMismatch);
     assert_eq!(kinds(&mut engine), vec!["request_rejected"]);
 }
 
@@ -210,16 +201,7 @@ fn a_retry_from_another_agent_or_a_bad_identity_is_refused_as_before() {
         &["ci:tests:run"],
         &builder,
     );
-    assert!(
-        matches!(
-            reply,
-            TokenReply::Rejected {
-                kind: RejectKind::WrongAgent,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert_rejected(&reply, RejectKind::WrongAgent);
     let reply = ask_as(
         &mut engine,
         &mut w,
@@ -228,16 +210,7 @@ fn a_retry_from_another_agent_or_a_bad_identity_is_refused_as_before() {
         &["ci:tests:run"],
         "not-a-jwt",
     );
-    assert!(
-        matches!(
-            reply,
-            TokenReply::Rejected {
-                kind: RejectKind::BadIdentity,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert_rejected(&reply, RejectKind::BadIdentity);
     assert_eq!(
         kinds(&mut engine),
         vec!["request_rejected", "request_rejected"]
