@@ -458,18 +458,7 @@ fn timed_out<T: std::fmt::Debug>(result: &Result<T, ClientError>) -> bool {
 
 /// `stepgate audit timeline --json` of a data directory, one value per event.
 fn audit_timeline(data: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["audit", "timeline", "--json", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    serve::stepgate_ok(&["audit", "timeline", "--json", "--data"], data)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -152,11 +152,11 @@ impl Drop for Stopped {
     }
 }
 
-/// `stepgate dev init --dir DIR`.
-pub fn dev_init(dir: &Path) {
+/// Runs `stepgate ARGS PATH`, asserts it succeeded, returns its stdout.
+pub fn stepgate_ok(args: &[&str], path: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["dev", "init", "--dir"])
-        .arg(dir)
+        .args(args)
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -164,19 +164,17 @@ pub fn dev_init(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `stepgate dev init --dir DIR`.
+pub fn dev_init(dir: &Path) {
+    stepgate_ok(&["dev", "init", "--dir"], dir);
 }
 
 /// A JWT-SVID for `who` from the development trust domain in `dev`.
 pub fn dev_svid(dev: &Path, who: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_stepgate"))
-        .args(["dev", "svid", who, "--dir"])
-        .arg(dev)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    stepgate_ok(&["dev", "svid", who, "--dir"], dev)
+        .trim()
+        .to_string()
 }
